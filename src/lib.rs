@@ -4,12 +4,34 @@
 //! The two roles are one pipeline built from different parts:
 //!
 //! ```text
-//! listener (UDS | mTLS) -> policy -> forwarder -> connector (mTLS | UDS | TCP loopback)
+//! listener (UDS | mTLS) -> policy -> forwarder -> link -> connector (mTLS | UDS | TCP loopback)
 //! ```
+//!
+//! `shim` and `relay` are library functions; `main.rs` only parses the
+//! command line and calls them, so tests drive the same code.
+
+pub mod body;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod connect;
+pub mod demo;
+pub mod forward;
+pub mod link;
+pub mod listen;
+pub mod logging;
+pub mod pki;
+pub mod policy;
+pub mod relay;
+pub mod shim;
+pub mod shutdown;
+pub mod status;
+pub mod tls;
 
 pub mod proto {
     //! The contract's generated types, used where the bridge itself speaks
     //! it (demo driver, doctor, tests); never on the forwarding path.
+    #[allow(clippy::large_enum_variant)]
     pub mod compute {
         tonic::include_proto!("openshell.compute.v1");
     }

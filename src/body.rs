@@ -1,0 +1,236 @@
+//! The one body type that crosses the bridge in both directions.
+//!
+//! Frames are passed along as they arrive: no buffering, no decoding, so the
+//! memory a call holds is bounded by HTTP/2 flow control, not message size.
+//! On the response side the body also turns trouble into a proper gRPC
+//! ending: a broken upstream stream becomes `UNAVAILABLE` trailers naming the
+//! hop, an expired deadline becomes `DEADLINE_EXCEEDED`, a shutdown ends a
+//! stream with `UNAVAILABLE`, instead of a reset without status.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::status::{BridgeStatus, Code};
+
+/// Observes a call's response stream: bytes carried and how it ended.
+pub trait CallObserver: Send + Sync + 'static {
+    /// Called once when the response ends or is dropped; `status` is the
+    /// `grpc-status` value seen, or `None` when the stream ended without one
+    /// (for example when the client went away).
+    fn finished(&self, status: Option<&str>, bytes: u64);
+}
+
+/// A request or response body in flight through the bridge.
+pub struct RelayBody {
+    inner: Option<Incoming>,
+    /// Trailers the bridge decided to end the stream with.
+    ending: Option<HeaderMap>,
+    guard: Option<Box<StreamGuard>>,
+}
+
+/// What a response body watches besides its upstream.
+struct StreamGuard {
+    /// Names the hop in the message of a broken stream.
+    hop: Arc<str>,
+    deadline: Option<(Pin<Box<Sleep>>, std::time::Duration)>,
+    stop: Option<(Pin<Box<WaitForCancellationFutureOwned>>, Arc<str>)>,
+    observer: Option<Box<dyn CallObserver>>,
+    bytes: u64,
+    status: Option<String>,
+}
+
+impl RelayBody {
+    /// A body with no frames (Trailers-Only responses, empty requests).
+    pub fn empty() -> Self {
+        RelayBody {
+            inner: None,
+            ending: None,
+            guard: None,
+        }
+    }
+
+    /// Passes `incoming` through unchanged; its errors stay errors, so a
+    /// client that resets its stream resets the upstream stream too.
+    pub fn incoming(incoming: Incoming) -> Self {
+        RelayBody {
+            inner: Some(incoming),
+            ending: None,
+            guard: None,
+        }
+    }
+
+    /// A response body from `hop` that ends with a gRPC status, never a bare
+    /// reset, when its upstream breaks.
+    /// `header_status` is the `grpc-status` of a Trailers-Only response.
+    pub fn response(incoming: Incoming, hop: Arc<str>, header_status: Option<String>) -> Self {
+        RelayBody {
+            inner: Some(incoming),
+            ending: None,
+            guard: Some(Box::new(StreamGuard {
+                hop,
+                deadline: None,
+                stop: None,
+                observer: None,
+                bytes: 0,
+                status: header_status,
+            })),
+        }
+    }
+
+    /// Ends the stream with `DEADLINE_EXCEEDED` at `at` (and cancels the
+    /// upstream stream by dropping it).
+    pub fn with_deadline(mut self, at: Instant, budget: std::time::Duration) -> Self {
+        if let Some(guard) = self.guard.as_mut() {
+            guard.deadline = Some((Box::pin(tokio::time::sleep_until(at)), budget));
+        }
+        self
+    }
+
+    /// Ends the stream with `UNAVAILABLE` and `why` once `stop` fires.
+    pub fn with_stop(mut self, stop: WaitForCancellationFutureOwned, why: Arc<str>) -> Self {
+        if let Some(guard) = self.guard.as_mut() {
+            guard.stop = Some((Box::pin(stop), why));
+        }
+        self
+    }
+
+    pub fn with_observer(mut self, observer: Box<dyn CallObserver>) -> Self {
+        if let Some(guard) = self.guard.as_mut() {
+            guard.observer = Some(observer);
+        }
+        self
+    }
+
+    /// Stops reading upstream and ends the stream with `status`.
+    fn end_with(
+        &mut self,
+        status: BridgeStatus,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.inner = None;
+        if let Some(guard) = self.guard.as_mut() {
+            guard.status = Some(status.code.as_str().to_owned());
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(status.to_header_map()))))
+    }
+}
+
+impl Body for RelayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some(trailers) = this.ending.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(guard) = this.guard.as_mut() {
+            if let Some((sleep, budget)) = guard.deadline.as_mut() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    let message = format!(
+                        "deadline of {} ms expired while the call was in the bridge",
+                        budget.as_millis()
+                    );
+                    return this.end_with(BridgeStatus::new(Code::DeadlineExceeded, message));
+                }
+            }
+            if let Some((stop, why)) = guard.stop.as_mut() {
+                if stop.as_mut().poll(cx).is_ready() {
+                    let why = why.to_string();
+                    return this.end_with(BridgeStatus::new(Code::Unavailable, why));
+                }
+            }
+        }
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.inner = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(guard) = this.guard.as_mut() {
+                    if let Some(data) = frame.data_ref() {
+                        guard.bytes += data.len() as u64;
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        guard.status = grpc_status_of(trailers);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => match this.guard.as_ref() {
+                Some(guard) => {
+                    let message = format!(
+                        "{}: stream broken: {}",
+                        guard.hop,
+                        describe_hyper_error(&error)
+                    );
+                    this.end_with(BridgeStatus::new(Code::Unavailable, message))
+                }
+                None => {
+                    this.inner = None;
+                    Poll::Ready(Some(Err(error)))
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match (&self.inner, &self.ending) {
+            (None, None) => true,
+            (Some(inner), None) => self.guard.is_none() && inner.is_end_stream(),
+            _ => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.inner, &self.ending) {
+            (Some(inner), None) => inner.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some(observer) = self.observer.take() {
+            observer.finished(self.status.as_deref(), self.bytes);
+        }
+    }
+}
+
+/// The `grpc-status` of a header or trailer block, if any.
+pub fn grpc_status_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// hyper's errors print as "error reading a body from connection"; the
+/// underlying cause (reset, GOAWAY, keepalive timeout) is what an operator
+/// needs.
+pub fn describe_hyper_error(error: &hyper::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,447 @@
+//! The command line: flags (each also an `OPENSHELL_BRIDGE_*` environment
+//! variable), their validation, and their translation into the roles'
+//! configurations. Every refusal names the flag, the value and what to do.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::forward::ForwardOptions;
+use crate::link::LinkSettings;
+use crate::listen::serve::ServerSettings;
+use crate::policy::{Access, Rule};
+use crate::relay::{DriverTarget, RelayConfig};
+use crate::shim::{ShimConfig, Upstream};
+use crate::tls::config::TlsFiles;
+use crate::tls::identity::IdentityPattern;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "openshell-driver-bridge",
+    version,
+    about = "Carries an OpenShell gateway's compute-driver socket across networks over mutual TLS",
+    long_about = "Carries an OpenShell gateway's compute-driver socket across networks over mutual TLS.\n\n\
+        gateway --UDS--> shim ==mTLS==> relay --UDS--> driver\n\n\
+        Run `openshell-driver-bridge demo` to see the whole chain on this machine."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the driver contract on a private Unix socket next to the gateway and relay every call over mTLS.
+    Shim(ShimArgs),
+    /// Terminate mTLS next to the driver, authorize each client, and forward to the driver's socket.
+    Relay(RelayArgs),
+    /// Run the in-memory reference driver on a private Unix socket.
+    DemoDriver(DemoDriverArgs),
+    /// Development certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Run demo-driver, relay and shim together with throw-away certificates.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LogArgs {
+    /// Log level (error, warn, info, debug, trace) or a full filter; RUST_LOG wins when set.
+    #[arg(
+        long,
+        global = true,
+        env = "OPENSHELL_BRIDGE_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, global = true, env = "OPENSHELL_BRIDGE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// CA certificate(s) (PEM) that the peer's certificate must chain to.
+    #[arg(long, env = "OPENSHELL_BRIDGE_CA", value_name = "FILE")]
+    pub ca: PathBuf,
+    /// This side's certificate chain (PEM).
+    #[arg(long, env = "OPENSHELL_BRIDGE_CERT", value_name = "FILE")]
+    pub cert: PathBuf,
+    /// This side's private key (PEM: PKCS#8, PKCS#1 or SEC1; not encrypted; mode 0600).
+    #[arg(long, env = "OPENSHELL_BRIDGE_KEY", value_name = "FILE")]
+    pub key: PathBuf,
+    /// Accept a key file readable by group or others (warned) instead of refusing it.
+    #[arg(long, env = "OPENSHELL_BRIDGE_ALLOW_LOOSE_KEY_PERMISSIONS")]
+    pub allow_loose_key_permissions: bool,
+    /// Also allow TLS 1.2 (modern AEAD suites only); TLS 1.3 only otherwise.
+    #[arg(long, env = "OPENSHELL_BRIDGE_TLS12")]
+    pub tls12: bool,
+}
+
+impl TlsArgs {
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            allow_loose_key_permissions: self.allow_loose_key_permissions,
+            tls12: self.tls12,
+        }
+    }
+}
+
+/// Timers and limits shared by both roles.
+#[derive(Args, Debug, Clone)]
+pub struct TuningArgs {
+    /// How long a call waits for the next hop to become reachable before failing UNAVAILABLE.
+    #[arg(long, env = "OPENSHELL_BRIDGE_CONNECT_WAIT", default_value = "15s", value_parser = parse_duration)]
+    pub connect_wait: Duration,
+    /// Time limit of one connection attempt (TCP and TLS handshake).
+    #[arg(long, env = "OPENSHELL_BRIDGE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// HTTP/2 ping interval on the links; 0 turns pings off.
+    #[arg(long, env = "OPENSHELL_BRIDGE_KEEPALIVE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+    /// A ping unanswered this long declares the peer dead.
+    #[arg(long, env = "OPENSHELL_BRIDGE_KEEPALIVE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+    /// Deadline for unary calls that carry no grpc-timeout (watch streams exempt); off by default.
+    #[arg(long, env = "OPENSHELL_BRIDGE_DEFAULT_TIMEOUT", value_parser = parse_duration)]
+    pub default_timeout: Option<Duration>,
+    /// On SIGTERM, how long calls in flight may take to finish.
+    #[arg(long, env = "OPENSHELL_BRIDGE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Largest request header block accepted (bytes).
+    #[arg(long, env = "OPENSHELL_BRIDGE_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: u32,
+    /// Concurrent calls allowed on one client connection.
+    #[arg(
+        long,
+        env = "OPENSHELL_BRIDGE_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024
+    )]
+    pub max_concurrent_streams: u32,
+    /// Client connections served at once; more are closed on arrival.
+    #[arg(long, env = "OPENSHELL_BRIDGE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Time a TLS client gets to complete its handshake.
+    #[arg(long, env = "OPENSHELL_BRIDGE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+}
+
+impl TuningArgs {
+    fn link(&self) -> LinkSettings {
+        LinkSettings {
+            connect_wait: self.connect_wait,
+            connect_timeout: self.connect_timeout,
+            keepalive_interval: nonzero(self.keepalive_interval),
+            keepalive_timeout: self.keepalive_timeout,
+            ..LinkSettings::default()
+        }
+    }
+
+    fn server(&self) -> ServerSettings {
+        ServerSettings {
+            max_header_list_size: self.max_header_bytes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+            keepalive_interval: nonzero(self.keepalive_interval).map(|d| d * 2),
+            keepalive_timeout: self.keepalive_timeout,
+            ..ServerSettings::default()
+        }
+    }
+
+    fn forward(&self) -> ForwardOptions {
+        ForwardOptions {
+            default_timeout: self.default_timeout,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.connect_timeout.is_zero() {
+            return Err("--connect-timeout must be more than 0".into());
+        }
+        if self.max_connections == 0 || self.max_concurrent_streams == 0 {
+            return Err("--max-connections and --max-concurrent-streams must be at least 1".into());
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(format!(
+                "--max-header-bytes {}: too small for gRPC metadata; use at least 1024",
+                self.max_header_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ShimArgs {
+    /// Where to serve the driver contract (point the gateway's --compute-driver-socket here).
+    #[arg(long, env = "OPENSHELL_BRIDGE_SOCKET", value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Upstream relay or mTLS driver, https://HOST:PORT; repeat for fail-over, tried in order.
+    #[arg(
+        long = "upstream",
+        env = "OPENSHELL_BRIDGE_UPSTREAM",
+        value_name = "URL",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub upstreams: Vec<String>,
+    /// Verify the upstream certificate against this name instead of the URL's host.
+    #[arg(long, env = "OPENSHELL_BRIDGE_SERVER_NAME", value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// Also require the upstream certificate to carry this identity (dns:, uri:, cn:); repeatable.
+    #[arg(
+        long,
+        env = "OPENSHELL_BRIDGE_EXPECT_SERVER",
+        value_name = "ID",
+        value_delimiter = ','
+    )]
+    pub expect_server: Vec<String>,
+    /// Also admit local peers of this UID on the socket (the bridge's own UID always is); repeatable.
+    #[arg(
+        long = "allow-uid",
+        env = "OPENSHELL_BRIDGE_ALLOW_UID",
+        value_name = "UID",
+        value_delimiter = ','
+    )]
+    pub allow_uids: Vec<u32>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+impl ShimArgs {
+    pub fn to_config(&self) -> Result<ShimConfig, String> {
+        self.tuning.validate()?;
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|u| u.parse::<Upstream>().map_err(|e| format!("--upstream {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let expect_server = self
+            .expect_server
+            .iter()
+            .map(|p| {
+                p.parse::<IdentityPattern>()
+                    .map_err(|e| format!("--expect-server {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ShimConfig {
+            socket: self.socket.clone(),
+            upstreams,
+            server_name: self.server_name.clone(),
+            expect_server,
+            tls: self.tls.files(),
+            allow_uids: self.allow_uids.clone(),
+            link: self.tuning.link(),
+            server: self.tuning.server(),
+            forward: self.tuning.forward(),
+            drain_timeout: self.tuning.drain_timeout,
+        })
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RelayArgs {
+    /// Address to accept mTLS clients on, HOST:PORT.
+    #[arg(long, env = "OPENSHELL_BRIDGE_LISTEN", value_name = "HOST:PORT")]
+    pub listen: String,
+    /// The real driver's Unix socket.
+    #[arg(
+        long,
+        env = "OPENSHELL_BRIDGE_DRIVER_SOCKET",
+        value_name = "PATH",
+        conflicts_with = "driver_url",
+        required_unless_present = "driver_url"
+    )]
+    pub driver_socket: Option<PathBuf>,
+    /// The real driver on loopback TCP, http://127.0.0.1:PORT.
+    #[arg(long, env = "OPENSHELL_BRIDGE_DRIVER_URL", value_name = "URL")]
+    pub driver_url: Option<String>,
+    /// Allow a --driver-url that is not a loopback address (the driver hop is plaintext).
+    #[arg(long, env = "OPENSHELL_BRIDGE_UNSAFE_DRIVER_TARGET")]
+    pub unsafe_driver_target: bool,
+    /// Admit clients with this identity: dns:NAME, uri:URI (uri:PREFIX/* for a prefix), cn:NAME; repeatable.
+    #[arg(
+        long = "allow-client",
+        env = "OPENSHELL_BRIDGE_ALLOW_CLIENT",
+        value_name = "ID",
+        value_delimiter = ','
+    )]
+    pub allow_clients: Vec<String>,
+    /// Admit these identities for read-only methods only (Get*, List, Watch, Validate); repeatable.
+    #[arg(
+        long = "allow-client-read-only",
+        env = "OPENSHELL_BRIDGE_ALLOW_CLIENT_READ_ONLY",
+        value_name = "ID",
+        value_delimiter = ','
+    )]
+    pub allow_clients_read_only: Vec<String>,
+    /// Admit any client certificate issued by --ca (must be asked for explicitly).
+    #[arg(long, env = "OPENSHELL_BRIDGE_ALLOW_ANY_CLIENT")]
+    pub allow_any_client: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+impl RelayArgs {
+    pub fn to_config(&self) -> Result<RelayConfig, String> {
+        self.tuning.validate()?;
+        let listen = resolve_listen(&self.listen)?;
+        let driver = match (&self.driver_socket, &self.driver_url) {
+            (Some(path), None) => DriverTarget::Unix(path.clone()),
+            (None, Some(url)) => {
+                DriverTarget::from_url(url).map_err(|e| format!("--driver-url {e}"))?
+            }
+            _ => return Err(
+                "give exactly one of --driver-socket PATH or --driver-url http://127.0.0.1:PORT"
+                    .into(),
+            ),
+        };
+        let mut rules = Vec::new();
+        for (ids, access, flag) in [
+            (&self.allow_clients, Access::Full, "--allow-client"),
+            (
+                &self.allow_clients_read_only,
+                Access::ReadOnly,
+                "--allow-client-read-only",
+            ),
+        ] {
+            for id in ids {
+                let pattern = id
+                    .parse::<IdentityPattern>()
+                    .map_err(|e| format!("{flag} {e}"))?;
+                rules.push(Rule { pattern, access });
+            }
+        }
+        if rules.is_empty() && !self.allow_any_client {
+            return Err(
+                "no client may call: give --allow-client ID (dns:NAME, uri:URI or cn:NAME), or explicitly --allow-any-client".into(),
+            );
+        }
+        Ok(RelayConfig {
+            listen,
+            driver,
+            unsafe_driver_target: self.unsafe_driver_target,
+            tls: self.tls.files(),
+            rules,
+            any_client: self.allow_any_client.then_some(Access::Full),
+            link: self.tuning.link(),
+            server: self.tuning.server(),
+            forward: self.tuning.forward(),
+            drain_timeout: self.tuning.drain_timeout,
+        })
+    }
+}
+
+fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .map_err(|e| format!("--listen {text:?}: {e}; expected HOST:PORT such as 0.0.0.0:7443"))?
+        .next()
+        .ok_or_else(|| format!("--listen {text:?}: resolves to no address"))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoDriverArgs {
+    /// Where to serve the reference driver.
+    #[arg(long, env = "OPENSHELL_BRIDGE_SOCKET", value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The driver name it reports.
+    #[arg(long, default_value = "demo")]
+    pub name: String,
+    /// How long a sandbox takes to become Ready.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    pub provision_delay: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Write a development CA plus one server and one client certificate.
+    Init(CertsInitArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CertsInitArgs {
+    /// Directory to write ca.pem, ca-key.pem, server.pem, server-key.pem, client.pem, client-key.pem.
+    #[arg(long, value_name = "DIR", default_value = "certs")]
+    pub out: PathBuf,
+    /// Server name (DNS or IP SAN); repeatable. Default: localhost, 127.0.0.1, ::1.
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub server_names: Vec<String>,
+    /// Client name (DNS SAN; the first is also the CN); repeatable. Default: openshell-gateway.
+    #[arg(long = "client-name", value_name = "NAME")]
+    pub client_names: Vec<String>,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Working directory for sockets and certificates (default: a fresh temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Drive a short scripted session through the shim, print it, and exit 0 only if every step behaved.
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+/// Parses `250ms`, `15s`, `2m`, `1h` (a bare number means seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let amount: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; use e.g. 500ms, 15s, 2m"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(amount),
+        "" | "s" => Duration::from_secs(amount),
+        "m" => Duration::from_secs(amount.saturating_mul(60)),
+        "h" => Duration::from_secs(amount.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use ms, s, m or h"
+            ))
+        }
+    };
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5d").unwrap_err().contains("unit"));
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,387 @@
+//! The transparent forwarder: one gRPC call in, the same call out.
+//!
+//! Requests and responses cross at the HTTP/2 level. Headers, body frames
+//! and trailers pass unchanged (compression flags included); only
+//! hop-by-hop headers are dropped and `:authority` is rewritten for the next
+//! hop. Messages are never decoded, so fields and methods added to the
+//! contract after this bridge was built pass just the same. The forwarder
+//! answers itself only to refuse (a path outside the service, a caller the
+//! policy rejects) or to fail (the next hop unreachable, a deadline spent),
+//! always with a gRPC status that names the hop and the cause.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::{grpc_status_of, CallObserver, RelayBody};
+use crate::link::Link;
+use crate::policy::{Caller, Policy, SERVICE, SERVICE_PREFIX};
+use crate::shutdown::Shutdown;
+use crate::status::{BridgeStatus, Code};
+
+/// Methods whose response is a long-lived stream.
+const STREAMING_METHODS: &[&str] = &["WatchSandboxes"];
+
+/// Target of the per-call log line (enable with `RUST_LOG=openshell_bridge::call=debug`).
+pub const CALL_LOG_TARGET: &str = "openshell_bridge::call";
+
+/// Shared by every connection of one listener.
+#[derive(Clone)]
+pub struct Forwarder {
+    inner: Arc<ForwarderInner>,
+}
+
+struct ForwarderInner {
+    /// Names this bridge in messages: "shim" or "relay".
+    role: &'static str,
+    link: Link,
+    policy: Policy,
+    shutdown: Shutdown,
+    default_timeout: Option<Duration>,
+}
+
+/// Options of a forwarder beyond its link and policy.
+#[derive(Clone, Debug, Default)]
+pub struct ForwardOptions {
+    /// Deadline for unary calls that carry no `grpc-timeout`.
+    pub default_timeout: Option<Duration>,
+}
+
+impl Forwarder {
+    pub fn new(
+        role: &'static str,
+        link: Link,
+        policy: Policy,
+        shutdown: Shutdown,
+        options: ForwardOptions,
+    ) -> Self {
+        Forwarder {
+            inner: Arc::new(ForwarderInner {
+                role,
+                link,
+                policy,
+                shutdown,
+                default_timeout: options.default_timeout,
+            }),
+        }
+    }
+
+    pub fn link(&self) -> &Link {
+        &self.inner.link
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// The hyper service for one accepted connection.
+    pub fn for_caller(&self, caller: Caller) -> CallService {
+        CallService {
+            forwarder: self.clone(),
+            caller: Arc::new(caller),
+        }
+    }
+
+    async fn handle(&self, request: Request<Incoming>, caller: Arc<Caller>) -> Response<RelayBody> {
+        let started = std::time::Instant::now();
+        let role = self.inner.role;
+        let method = match route(request.uri().path()) {
+            Ok(method) => method.to_owned(),
+            Err(status) => {
+                tracing::warn!(role, caller = %caller, path = %request.uri().path(), "refused: path outside the contract");
+                return status.into_response();
+            }
+        };
+        if let Err(denied) = self.inner.policy.authorize(&caller, &method) {
+            tracing::warn!(role, caller = %caller, method = %method, reason = %denied.0, "refused by policy");
+            return BridgeStatus::new(Code::PermissionDenied, format!("{role}: {}", denied.0))
+                .into_response();
+        }
+        let streaming = STREAMING_METHODS.contains(&method.as_str());
+        let budget = match grpc_timeout(request.headers()) {
+            Ok(budget) => budget.or(if streaming {
+                None
+            } else {
+                self.inner.default_timeout
+            }),
+            Err(status) => return status.into_response(),
+        };
+        let deadline = budget.map(|b| Instant::now() + b);
+
+        let (mut parts, body) = request.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let outbound = Request::from_parts(parts, RelayBody::incoming(body));
+
+        let log = CallLog {
+            role,
+            method,
+            caller,
+            started,
+        };
+        let sent = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, self.inner.link.send(outbound)).await {
+                Ok(result) => result,
+                Err(_) => Err(BridgeStatus::new(
+                    Code::DeadlineExceeded,
+                    format!(
+                        "{role}: deadline of {} ms expired before {} answered",
+                        budget.unwrap_or_default().as_millis(),
+                        self.inner.link.labels().join(", ")
+                    ),
+                )),
+            },
+            None => self.inner.link.send(outbound).await,
+        };
+        let (response, label) = match sent {
+            Ok(sent) => sent,
+            Err(status) => {
+                log.finished_with(&status);
+                return status.into_response();
+            }
+        };
+
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let header_status = grpc_status_of(&parts.headers);
+        let hop: Arc<str> = Arc::from(label);
+        let mut body = RelayBody::response(body, hop, header_status);
+        if let (Some(at), Some(budget)) = (deadline, budget) {
+            body = body.with_deadline(at, budget);
+        }
+        let stop = if streaming {
+            self.inner.shutdown.draining()
+        } else {
+            self.inner.shutdown.stopping()
+        };
+        body = body
+            .with_stop(
+                stop.clone().cancelled_owned(),
+                Arc::from(format!("{role} is shutting down")),
+            )
+            .with_observer(Box::new(log));
+        Response::from_parts(parts, body)
+    }
+}
+
+/// Which contract method a path names, or the refusal for a path outside it.
+pub fn route(path: &str) -> Result<&str, BridgeStatus> {
+    match path.strip_prefix(SERVICE_PREFIX) {
+        Some(method) if !method.is_empty() && !method.contains('/') => Ok(method),
+        _ => Err(BridgeStatus::new(
+            Code::Unimplemented,
+            format!(
+                "path {} is not a method of {SERVICE}; the bridge forwards only that service",
+                printable(path)
+            ),
+        )),
+    }
+}
+
+/// Keeps logged paths to one line of printable ASCII.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(200)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+/// Connection-specific headers of RFC 9110 §7.6.1. `te: trailers` is kept:
+/// gRPC requires it end to end.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    if let Some(te) = headers.get(http::header::TE) {
+        if te.as_bytes() != b"trailers" {
+            headers.remove(http::header::TE);
+        }
+    }
+}
+
+/// Parses `grpc-timeout` (`1..=8` digits and a unit of H, M, S, m, u, n).
+pub fn grpc_timeout(headers: &HeaderMap) -> Result<Option<Duration>, BridgeStatus> {
+    let Some(value) = headers.get(HeaderName::from_static("grpc-timeout")) else {
+        return Ok(None);
+    };
+    parse_grpc_timeout(value.as_bytes()).map(Some).ok_or_else(|| {
+        BridgeStatus::new(
+            Code::Internal,
+            format!(
+                "malformed grpc-timeout header {:?}: expected 1 to 8 digits and a unit (H, M, S, m, u, n)",
+                printable(&String::from_utf8_lossy(value.as_bytes()))
+            ),
+        )
+    })
+}
+
+pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(amount * 3600),
+        b'M' => Duration::from_secs(amount * 60),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// The hyper service of one connection: the forwarder plus who is calling.
+#[derive(Clone)]
+pub struct CallService {
+    forwarder: Forwarder,
+    caller: Arc<Caller>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for CallService {
+    type Response = Response<RelayBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let forwarder = self.forwarder.clone();
+        let caller = self.caller.clone();
+        Box::pin(async move { Ok(forwarder.handle(request, caller).await) })
+    }
+}
+
+/// Writes the one log line of a relayed call when it ends. Never the body.
+struct CallLog {
+    role: &'static str,
+    method: String,
+    caller: Arc<Caller>,
+    started: std::time::Instant,
+}
+
+impl CallLog {
+    fn finished_with(&self, status: &BridgeStatus) {
+        tracing::warn!(
+            target: CALL_LOG_TARGET,
+            role = self.role,
+            method = %self.method,
+            caller = %self.caller,
+            status = status.code.name(),
+            ms = self.started.elapsed().as_millis() as u64,
+            error = %status.message,
+            "call failed in the bridge"
+        );
+    }
+}
+
+impl CallObserver for CallLog {
+    fn finished(&self, status: Option<&str>, bytes: u64) {
+        tracing::debug!(
+            target: CALL_LOG_TARGET,
+            role = self.role,
+            method = %self.method,
+            caller = %self.caller,
+            status = status.map(status_name).unwrap_or("none (stream cut)"),
+            ms = self.started.elapsed().as_millis() as u64,
+            bytes,
+            "call"
+        );
+    }
+}
+
+/// `OK`, `NOT_FOUND`, ... for a numeric `grpc-status`.
+pub fn status_name(code: &str) -> &'static str {
+    match code {
+        "0" => "OK",
+        "1" => "CANCELLED",
+        "2" => "UNKNOWN",
+        "3" => "INVALID_ARGUMENT",
+        "4" => "DEADLINE_EXCEEDED",
+        "5" => "NOT_FOUND",
+        "6" => "ALREADY_EXISTS",
+        "7" => "PERMISSION_DENIED",
+        "8" => "RESOURCE_EXHAUSTED",
+        "9" => "FAILED_PRECONDITION",
+        "10" => "ABORTED",
+        "11" => "OUT_OF_RANGE",
+        "12" => "UNIMPLEMENTED",
+        "13" => "INTERNAL",
+        "14" => "UNAVAILABLE",
+        "15" => "DATA_LOSS",
+        "16" => "UNAUTHENTICATED",
+        _ => "INVALID_STATUS",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_only_methods_of_the_service() {
+        assert_eq!(
+            route("/openshell.compute.v1.ComputeDriver/ListSandboxes").ok(),
+            Some("ListSandboxes")
+        );
+        assert_eq!(
+            route("/openshell.compute.v1.ComputeDriver/SomethingNew").ok(),
+            Some("SomethingNew")
+        );
+        for path in [
+            "/",
+            "/openshell.compute.v1.ComputeDriver/",
+            "/openshell.compute.v1.ComputeDriver/a/b",
+            "/openshell.compute.v1.ComputeDriverX/List",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            let refused = route(path).unwrap_err();
+            assert_eq!(refused.code, Code::Unimplemented, "{path}");
+        }
+    }
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(
+            parse_grpc_timeout(b"200m"),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(parse_grpc_timeout(b"1S"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_grpc_timeout(b"2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_grpc_timeout(b"99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in [&b""[..], b"m", b"123456789m", b"12x", b"-1S", b"1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_but_te_trailers_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", "close".parse().unwrap());
+        headers.insert("te", "trailers".parse().unwrap());
+        headers.insert("traceparent", "00-abc-def-01".parse().unwrap());
+        headers.insert("x-custom", "1".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert!(headers.get("connection").is_none());
+        assert_eq!(headers["te"], "trailers");
+        assert_eq!(headers["traceparent"], "00-abc-def-01");
+        assert_eq!(headers["x-custom"], "1");
+    }
+}

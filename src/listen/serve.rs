@@ -1,0 +1,106 @@
+//! The HTTP/2 server side of a connection, shared by both listeners.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::connect::Io;
+use crate::forward::CallService;
+use crate::shutdown::Shutdown;
+
+/// Limits and timers of a listener.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    /// Largest header block a peer may send (bytes).
+    pub max_header_list_size: u32,
+    /// Concurrent calls on one connection.
+    pub max_concurrent_streams: u32,
+    /// Connections at once; more are closed on arrival.
+    pub max_connections: usize,
+    /// Time a TLS client gets to finish its handshake.
+    pub handshake_timeout: Duration,
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Duration,
+    pub stream_window: u32,
+    pub connection_window: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            max_header_list_size: 16 * 1024,
+            max_concurrent_streams: 1024,
+            max_connections: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Some(Duration::from_secs(10)),
+            keepalive_timeout: Duration::from_secs(10),
+            stream_window: 2 * 1024 * 1024,
+            connection_window: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Bounds the number of connections of one listener.
+#[derive(Clone)]
+pub struct ConnectionLimit(Arc<Semaphore>, usize);
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Self {
+        ConnectionLimit(Arc::new(Semaphore::new(max)), max)
+    }
+
+    /// A permit, or `None` (logged) when the listener is full.
+    pub fn admit(&self, listener: &str) -> Option<OwnedSemaphorePermit> {
+        match self.0.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                tracing::warn!(
+                    listener,
+                    max = self.1,
+                    "refused a connection: connection limit reached"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Serves HTTP/2 (prior knowledge) on `io` until the peer leaves or the
+/// shutdown ends it: on draining the connection gets a GOAWAY and its calls
+/// may finish; on stop it is dropped.
+pub async fn serve_connection<I: Io>(
+    io: I,
+    service: CallService,
+    settings: &ServerSettings,
+    shutdown: &Shutdown,
+    peer: &str,
+) {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_list_size)
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .initial_stream_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_frame_size(64 * 1024)
+        .keep_alive_interval(settings.keepalive_interval)
+        .keep_alive_timeout(settings.keepalive_timeout);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.draining().cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = shutdown.stopping().cancelled() => Ok(()),
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::info!(peer, error = %crate::body::describe_hyper_error(&error), "connection ended with an error");
+    }
+}

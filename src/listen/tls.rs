@@ -1,0 +1,101 @@
+//! The relay's listener: TCP, then mutual TLS, then the client's identity.
+//!
+//! The server configuration is read from a swappable cell for every
+//! handshake, so rotated certificates apply to new connections while
+//! established ones keep theirs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::serve::{serve_connection, ConnectionLimit, ServerSettings};
+use crate::forward::Forwarder;
+use crate::policy::Caller;
+use crate::shutdown::Shutdown;
+use crate::tls::identity::PeerIdentity;
+
+/// Accepts TLS clients on `listener` until draining begins.
+pub async fn run(
+    listener: TcpListener,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    forwarder: Forwarder,
+    settings: ServerSettings,
+    shutdown: Shutdown,
+) {
+    let limit = ConnectionLimit::new(settings.max_connections);
+    let settings = Arc::new(settings);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.draining().cancelled() => break,
+        };
+        let Some(permit) = limit.admit("relay") else {
+            continue;
+        };
+        crate::connect::tune_tcp(&tcp);
+        let acceptor = TlsAcceptor::from(tls.load_full());
+        let forwarder = forwarder.clone();
+        let settings = settings.clone();
+        let task_shutdown = shutdown.clone();
+        shutdown.tasks().spawn(async move {
+            let _permit = permit;
+            let Some((stream, caller)) = handshake(acceptor, tcp, remote, &settings).await else {
+                return;
+            };
+            if !forwarder.policy().admits(&caller) {
+                // Still served: every call gets PERMISSION_DENIED naming the identity.
+                tracing::warn!(%remote, client = %caller, "client identity is not allowed; its calls will be refused");
+            } else {
+                tracing::info!(%remote, client = %caller, "client connected");
+            }
+            let peer = format!("{remote} ({caller})");
+            serve_connection(stream, forwarder.for_caller(caller), &settings, &task_shutdown, &peer).await;
+            tracing::debug!(%peer, "client disconnected");
+        });
+    }
+}
+
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    settings: &ServerSettings,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Caller,
+)> {
+    let stream = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await
+    {
+        Err(_) => {
+            tracing::warn!(%remote, timeout_ms = settings.handshake_timeout.as_millis() as u64, "TLS handshake timed out; connection closed");
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%remote, reason = %crate::connect::tls::describe_tls_io_error(&e), "TLS handshake refused");
+            return None;
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    let (_, session) = stream.get_ref();
+    let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) else {
+        tracing::warn!(%remote, "TLS client presented no certificate; connection closed");
+        return None;
+    };
+    match PeerIdentity::from_der(leaf.as_ref()) {
+        Ok(identity) => Some((stream, Caller::Tls(Arc::new(identity)))),
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "cannot read the client certificate's identity; connection closed");
+            None
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The relay: terminates mutual TLS next to the driver, decides whether the
+//! client identity may make each call, and forwards to the driver's Unix
+//! socket (or a loopback TCP port).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::{Authority, Scheme};
+use tokio::net::TcpListener;
+
+use crate::connect::Connector;
+use crate::forward::{ForwardOptions, Forwarder};
+use crate::link::{Link, LinkSettings, Target};
+use crate::listen::serve::ServerSettings;
+use crate::policy::{Access, Policy, Rule};
+use crate::shutdown::Shutdown;
+use crate::tls::config::{server_config, TlsFiles};
+
+/// Where the real driver listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriverTarget {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl DriverTarget {
+    /// Parses `--driver-url http://HOST:PORT` (an IP address: the relay
+    /// does not resolve names for its driver).
+    pub fn from_url(text: &str) -> Result<DriverTarget, String> {
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|e| format!("{text:?} is not a URL ({e}); expected http://127.0.0.1:PORT"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "{text:?}: expected http://IP:PORT (the driver hop is local and plaintext; use --driver-socket for a Unix socket)"
+            ));
+        }
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let ip: std::net::IpAddr = host
+            .parse()
+            .map_err(|_| format!("{text:?}: the host must be an IP address such as 127.0.0.1"))?;
+        let port = uri
+            .port_u16()
+            .ok_or_else(|| format!("{text:?} has no port"))?;
+        Ok(DriverTarget::Tcp(SocketAddr::new(ip, port)))
+    }
+
+    pub fn is_local(&self) -> bool {
+        match self {
+            DriverTarget::Unix(_) => true,
+            DriverTarget::Tcp(addr) => addr.ip().is_loopback(),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            DriverTarget::Unix(path) => format!("driver {}", path.display()),
+            DriverTarget::Tcp(addr) => format!("driver {addr}"),
+        }
+    }
+}
+
+/// Everything the relay needs, validated.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub listen: SocketAddr,
+    pub driver: DriverTarget,
+    pub unsafe_driver_target: bool,
+    pub tls: TlsFiles,
+    pub rules: Vec<Rule>,
+    pub any_client: Option<Access>,
+    pub link: LinkSettings,
+    pub server: ServerSettings,
+    pub forward: ForwardOptions,
+    pub drain_timeout: Duration,
+}
+
+/// A relay that is serving.
+pub struct RunningRelay {
+    pub local_addr: SocketAddr,
+    pub forwarder: Forwarder,
+    pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Loads the TLS material, binds the listener and starts serving.
+pub async fn start(config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<RunningRelay> {
+    if !config.driver.is_local() && !config.unsafe_driver_target {
+        anyhow::bail!(
+            "--driver-url {}: not a loopback address; the driver hop is plaintext, so it must stay on this host (pass --unsafe-driver-target to allow it anyway)",
+            config.driver.label().trim_start_matches("driver ")
+        );
+    }
+    if config.rules.is_empty() && config.any_client.is_none() {
+        anyhow::bail!("no client may call: give --allow-client ID (dns:NAME, uri:URI or cn:NAME) or, explicitly, --allow-any-client");
+    }
+    let tls = Arc::new(ArcSwap::from_pointee(server_config(&config.tls)?));
+    let link = Link::new(
+        "driver",
+        vec![driver_target(&config.driver)],
+        config.link.clone(),
+    );
+    let policy = Policy::Clients {
+        rules: config.rules.clone(),
+        any_client: config.any_client,
+    };
+    let forwarder = Forwarder::new(
+        "relay",
+        link,
+        policy,
+        shutdown.clone(),
+        config.forward.clone(),
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--listen {}: cannot bind: {e}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    if !local_addr.ip().is_loopback() {
+        tracing::info!(%local_addr, "relay listening on a network address (clients must present a certificate of --ca)");
+    }
+    tracing::info!(
+        listen = %local_addr,
+        driver = %config.driver.label(),
+        clients = %describe_clients(&config),
+        "relay serving"
+    );
+    let task = tokio::spawn(crate::listen::tls::run(
+        listener,
+        tls.clone(),
+        forwarder.clone(),
+        config.server,
+        shutdown,
+    ));
+    Ok(RunningRelay {
+        local_addr,
+        forwarder,
+        tls,
+        task,
+    })
+}
+
+fn driver_target(driver: &DriverTarget) -> Target {
+    let connector = match driver {
+        DriverTarget::Unix(path) => Connector::Unix(path.clone()),
+        DriverTarget::Tcp(addr) => Connector::Tcp(*addr),
+    };
+    let authority = match driver {
+        DriverTarget::Unix(_) => Authority::from_static("localhost"),
+        DriverTarget::Tcp(addr) => addr
+            .to_string()
+            .parse()
+            .unwrap_or(Authority::from_static("localhost")),
+    };
+    Target {
+        connector,
+        scheme: Scheme::HTTP,
+        authority,
+        label: driver.label(),
+    }
+}
+
+fn describe_clients(config: &RelayConfig) -> String {
+    let mut parts: Vec<String> = config
+        .rules
+        .iter()
+        .map(|r| match r.access {
+            Access::Full => r.pattern.to_string(),
+            Access::ReadOnly => format!("{} (read-only)", r.pattern),
+        })
+        .collect();
+    match config.any_client {
+        Some(Access::Full) => parts.push("any client of the CA".into()),
+        Some(Access::ReadOnly) => parts.push("any client of the CA (read-only)".into()),
+        None => {}
+    }
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_urls() {
+        assert_eq!(
+            DriverTarget::from_url("http://127.0.0.1:9000").unwrap(),
+            DriverTarget::Tcp("127.0.0.1:9000".parse().unwrap())
+        );
+        assert!(DriverTarget::from_url("http://[::1]:9000")
+            .unwrap()
+            .is_local());
+        assert!(!DriverTarget::from_url("http://10.0.0.1:9000")
+            .unwrap()
+            .is_local());
+        assert!(DriverTarget::from_url("https://127.0.0.1:9000").is_err());
+        assert!(DriverTarget::from_url("http://driver:9000").is_err());
+    }
+}

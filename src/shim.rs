@@ -1,0 +1,186 @@
+//! The shim: a drop-in driver socket next to the gateway whose every call
+//! goes over mutual TLS to an upstream (a relay, or a driver that speaks
+//! mTLS itself).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::uri::{Authority, Scheme};
+use rustls::pki_types::ServerName;
+
+use crate::connect::{tls::TlsConnector, Connector};
+use crate::forward::{ForwardOptions, Forwarder};
+use crate::link::{Link, LinkSettings, Target};
+use crate::listen::serve::ServerSettings;
+use crate::listen::uds::{self, PrivateSocket};
+use crate::policy::Policy;
+use crate::shutdown::Shutdown;
+use crate::tls::config::{client_config, TlsFiles};
+use crate::tls::identity::IdentityPattern;
+
+/// An upstream as given by `--upstream https://HOST:PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Upstream {
+    /// `host:port`, with IPv6 hosts in brackets.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|e| format!("{text:?} is not a URL ({e}); expected https://HOST:PORT"))?;
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some(other) => {
+                return Err(format!(
+                    "{text:?}: scheme {other} is not supported; the bridge only speaks mTLS on the network (https://HOST:PORT)"
+                ))
+            }
+            None => return Err(format!("{text:?} has no scheme; expected https://HOST:PORT")),
+        }
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(format!(
+                "{text:?}: a path is not allowed; expected https://HOST:PORT"
+            ));
+        }
+        let host = uri.host().ok_or_else(|| format!("{text:?} has no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri
+            .port_u16()
+            .ok_or_else(|| format!("{text:?} has no port; expected https://HOST:PORT"))?;
+        Ok(Upstream { host, port })
+    }
+}
+
+/// Everything the shim needs, validated.
+#[derive(Clone, Debug)]
+pub struct ShimConfig {
+    pub socket: PathBuf,
+    pub upstreams: Vec<Upstream>,
+    /// Name to verify the upstream's certificate against instead of its host.
+    pub server_name: Option<String>,
+    pub expect_server: Vec<IdentityPattern>,
+    pub tls: TlsFiles,
+    pub allow_uids: Vec<u32>,
+    pub link: LinkSettings,
+    pub server: ServerSettings,
+    pub forward: ForwardOptions,
+    pub drain_timeout: Duration,
+}
+
+/// A shim that is serving.
+pub struct RunningShim {
+    pub socket: PathBuf,
+    pub forwarder: Forwarder,
+    pub tls: Arc<ArcSwap<rustls::ClientConfig>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Loads the TLS material, binds the socket and starts serving. Every
+/// problem with the configuration is reported here, before serving.
+pub fn start(config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<RunningShim> {
+    let tls = Arc::new(ArcSwap::from_pointee(client_config(
+        &config.tls,
+        &config.expect_server,
+    )?));
+    let targets = config
+        .upstreams
+        .iter()
+        .map(|upstream| target_for(upstream, config.server_name.as_deref(), &tls))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let link = Link::new("upstream", targets, config.link.clone());
+    let forwarder = Forwarder::new(
+        "shim",
+        link,
+        Policy::LocalPeers,
+        shutdown.clone(),
+        config.forward.clone(),
+    );
+    let socket = PrivateSocket::bind(&config.socket, &config.allow_uids)?;
+    tracing::info!(
+        socket = %config.socket.display(),
+        upstreams = %forwarder.link().labels().join(", "),
+        allowed_uids = ?socket.allowed_uids(),
+        "shim serving"
+    );
+    let task = tokio::spawn(uds::run(socket, forwarder.clone(), config.server, shutdown));
+    Ok(RunningShim {
+        socket: config.socket,
+        forwarder,
+        tls,
+        task,
+    })
+}
+
+fn target_for(
+    upstream: &Upstream,
+    server_name: Option<&str>,
+    tls: &Arc<ArcSwap<rustls::ClientConfig>>,
+) -> anyhow::Result<Target> {
+    let name = server_name.unwrap_or(&upstream.host).to_owned();
+    let server_name = ServerName::try_from(name.clone()).map_err(|_| {
+        anyhow::anyhow!("--server-name {name:?}: not a valid DNS name or IP address")
+    })?;
+    let authority: Authority = upstream
+        .authority()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--upstream {}: {e}", upstream.authority()))?;
+    Ok(Target {
+        connector: Connector::Tls(TlsConnector {
+            address: upstream.authority(),
+            server_name,
+            config: tls.clone(),
+        }),
+        scheme: Scheme::HTTPS,
+        authority,
+        label: format!("upstream {}", upstream.authority()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let up: Upstream = "https://relay.example:7443".parse().unwrap();
+        assert_eq!(
+            up,
+            Upstream {
+                host: "relay.example".into(),
+                port: 7443
+            }
+        );
+        let v6: Upstream = "https://[::1]:7443".parse().unwrap();
+        assert_eq!(v6.authority(), "[::1]:7443");
+        for (bad, why) in [
+            ("http://relay:80", "only speaks mTLS"),
+            ("relay:7443", "scheme"),
+            ("https://relay", "no port"),
+            ("https://relay:7443/x", "path"),
+            ("not a url", "not a URL"),
+        ] {
+            let err = bad.parse::<Upstream>().unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+}

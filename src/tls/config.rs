@@ -1,0 +1,244 @@
+//! TLS client and server configurations for the two hops.
+//!
+//! TLS 1.3 only unless the operator opts into 1.2; certificates on both
+//! sides, always. Configurations are built whole from files and swapped in
+//! as a unit, so a reload is atomic: a connection sees either the old
+//! material or the new, never a mix.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
+
+use crate::tls::identity::{IdentityPattern, PeerIdentity};
+use crate::tls::material;
+
+/// Where one side's TLS material lives, and how strict to be about it.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub allow_loose_key_permissions: bool,
+    /// Also accept TLS 1.2 (modern AEAD suites only).
+    pub tls12: bool,
+}
+
+/// An error building a TLS configuration, already worded for an operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsConfigError(pub String);
+
+impl From<material::MaterialError> for TlsConfigError {
+    fn from(e: material::MaterialError) -> Self {
+        TlsConfigError(e.to_string())
+    }
+}
+
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// The crypto provider: ring, whose default suites are all AEAD with
+/// forward secrecy (TLS 1.3 AES-GCM/ChaCha20, TLS 1.2 ECDHE + AES-GCM/ChaCha20).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+static TLS13_AND_12: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn versions(tls12: bool) -> &'static [&'static SupportedProtocolVersion] {
+    if tls12 {
+        TLS13_AND_12
+    } else {
+        TLS13_ONLY
+    }
+}
+
+/// The shim's side: present `cert`, trust servers that chain to `ca`, and
+/// optionally require the server to carry one of `expect_server`.
+pub fn client_config(
+    files: &TlsFiles,
+    expect_server: &[IdentityPattern],
+) -> Result<rustls::ClientConfig, TlsConfigError> {
+    let roots = material::load_roots("--ca", &files.ca)?;
+    let identity = material::load_certified_key(
+        "--cert",
+        &files.cert,
+        "--key",
+        &files.key,
+        files.allow_loose_key_permissions,
+    )?;
+    let provider = provider();
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsConfigError(format!("--ca {}: {e}", files.ca.display())))?;
+    let verifier: Arc<dyn ServerCertVerifier> = if expect_server.is_empty() {
+        webpki
+    } else {
+        Arc::new(ExpectServer {
+            inner: webpki,
+            expected: expect_server.to_vec(),
+        })
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(files.tls12))
+        .map_err(|e| TlsConfigError(format!("TLS versions: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(Arc::new(FixedCert(identity)));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// The relay's side: present `cert`, require a client certificate that
+/// chains to `ca`. Which identities may call what is policy's business,
+/// decided after the handshake.
+pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsConfigError> {
+    let roots = material::load_roots("--ca", &files.ca)?;
+    let identity = material::load_certified_key(
+        "--cert",
+        &files.cert,
+        "--key",
+        &files.key,
+        files.allow_loose_key_permissions,
+    )?;
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsConfigError(format!("--ca {}: {e}", files.ca.display())))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(files.tls12))
+        .map_err(|e| TlsConfigError(format!("TLS versions: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(FixedCert(identity)));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// Presents one certificate; reload swaps the whole config instead.
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for FixedCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Verifies the server as usual, then also requires one of the expected
+/// identities (`--expect-server`), e.g. a pinned SPIFFE ID.
+#[derive(Debug)]
+struct ExpectServer {
+    inner: Arc<WebPkiServerVerifier>,
+    expected: Vec<IdentityPattern>,
+}
+
+impl ServerCertVerifier for ExpectServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let identity = PeerIdentity::from_der(end_entity.as_ref())
+            .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?;
+        if self.expected.iter().any(|p| p.matches(&identity)) {
+            Ok(verified)
+        } else {
+            let wanted: Vec<String> = self.expected.iter().map(|p| p.to_string()).collect();
+            Err(rustls::Error::General(format!(
+                "server identity {identity} is not the expected {}",
+                wanted.join(" or ")
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Words a rustls error for an operator: which certificate problem, or
+/// which alert the peer sent (and what that alert usually means here).
+pub fn describe_tls_error(error: &rustls::Error) -> String {
+    use rustls::{AlertDescription as A, Error as E};
+    match error {
+        E::AlertReceived(A::CertificateRequired) => {
+            "peer requires a client certificate (alert certificate_required)".into()
+        }
+        E::AlertReceived(A::UnknownCA) => {
+            "peer does not trust our certificate: it was not issued by the peer's CA (alert unknown_ca)".into()
+        }
+        E::AlertReceived(A::CertificateExpired) => {
+            "peer rejected our certificate as expired (alert certificate_expired)".into()
+        }
+        E::AlertReceived(A::BadCertificate) => {
+            "peer rejected our certificate (alert bad_certificate)".into()
+        }
+        E::AlertReceived(A::ProtocolVersion) => {
+            "peer does not speak our TLS version (alert protocol_version); TLS 1.2 needs --tls12 on both sides".into()
+        }
+        E::AlertReceived(A::HandshakeFailure) => {
+            "peer refused the handshake (alert handshake_failure): no common TLS version or cipher suite".into()
+        }
+        E::InvalidCertificate(cert_error) => format!("peer certificate rejected: {}", describe_cert_error(cert_error)),
+        other => other.to_string(),
+    }
+}
+
+fn describe_cert_error(error: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match error {
+        C::UnknownIssuer => "not issued by a trusted CA (check --ca)".into(),
+        C::Expired | C::ExpiredContext { .. } => format!("expired ({error})"),
+        C::NotValidYet | C::NotValidYetContext { .. } => format!("not valid yet ({error})"),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            format!("{error} (set --server-name to a name the certificate carries)")
+        }
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,466 @@
+//! Test harness: real certificates, real sockets, the real roles.
+//!
+//! Everything runs in the test process (driver, relay, shim) over real Unix
+//! sockets and loopback TLS; a "gateway" is a tonic client or a raw HTTP/2
+//! client on the shim's socket.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
+use openshell_driver_bridge::link::LinkSettings;
+use openshell_driver_bridge::listen::serve::ServerSettings;
+use openshell_driver_bridge::listen::uds::PrivateSocket;
+use openshell_driver_bridge::pki::{self, Ca, LeafSpec};
+use openshell_driver_bridge::policy::{Access, Rule};
+use openshell_driver_bridge::relay::{self, DriverTarget, RelayConfig, RunningRelay};
+use openshell_driver_bridge::shim::{self, RunningShim, ShimConfig, Upstream};
+use openshell_driver_bridge::shutdown::Shutdown;
+use openshell_driver_bridge::tls::config::TlsFiles;
+
+pub const GATEWAY_ID: &str = "openshell-gateway";
+
+/// A CA with a server (localhost, 127.0.0.1) and a client (openshell-gateway)
+/// certificate, written to files as an operator would have them.
+pub struct TestPki {
+    pub dir: PathBuf,
+    pub ca: Ca,
+    pub ca_file: PathBuf,
+    pub server: (PathBuf, PathBuf),
+    pub client: (PathBuf, PathBuf),
+}
+
+impl TestPki {
+    pub fn new(dir: &Path) -> TestPki {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca = Ca::new("bridge test CA").unwrap();
+        let ca_file = dir.join("ca.pem");
+        pki::write_pem(&ca_file, &ca.cert_pem(), false).unwrap();
+        let mut this = TestPki {
+            dir: dir.to_path_buf(),
+            ca,
+            ca_file,
+            server: (PathBuf::new(), PathBuf::new()),
+            client: (PathBuf::new(), PathBuf::new()),
+        };
+        this.server = this.issue("server", &LeafSpec::server(&["localhost", "127.0.0.1"]));
+        this.client = this.issue("client", &LeafSpec::client(GATEWAY_ID));
+        this
+    }
+
+    /// Issues a leaf from this CA and writes `<name>.pem` / `<name>-key.pem`.
+    pub fn issue(&self, name: &str, spec: &LeafSpec) -> (PathBuf, PathBuf) {
+        let leaf = self.ca.issue(spec).unwrap();
+        write_leaf(&self.dir, name, &leaf)
+    }
+
+    pub fn server_tls(&self) -> TlsFiles {
+        files(&self.ca_file, &self.server)
+    }
+
+    pub fn client_tls(&self) -> TlsFiles {
+        files(&self.ca_file, &self.client)
+    }
+}
+
+pub fn write_leaf(dir: &Path, name: &str, leaf: &pki::Leaf) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    pki::write_pem(&cert, &leaf.cert_pem, false).unwrap();
+    pki::write_pem(&key, &leaf.key_pem, true).unwrap();
+    (cert, key)
+}
+
+pub fn files(ca: &Path, (cert, key): &(PathBuf, PathBuf)) -> TlsFiles {
+    TlsFiles {
+        ca: ca.to_path_buf(),
+        cert: cert.clone(),
+        key: key.clone(),
+        allow_loose_key_permissions: false,
+        tls12: false,
+    }
+}
+
+/// Link settings for tests: short waits so failures show within seconds.
+pub fn quick_link() -> LinkSettings {
+    LinkSettings {
+        connect_wait: Duration::from_secs(3),
+        connect_timeout: Duration::from_secs(2),
+        keepalive_interval: Some(Duration::from_secs(1)),
+        keepalive_timeout: Duration::from_secs(1),
+        ..LinkSettings::default()
+    }
+}
+
+pub fn relay_config(pki: &TestPki, driver: DriverTarget) -> RelayConfig {
+    RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        driver,
+        unsafe_driver_target: false,
+        tls: pki.server_tls(),
+        rules: vec![Rule {
+            pattern: format!("dns:{GATEWAY_ID}").parse().unwrap(),
+            access: Access::Full,
+        }],
+        any_client: None,
+        link: quick_link(),
+        server: ServerSettings::default(),
+        forward: Default::default(),
+        drain_timeout: Duration::from_secs(2),
+    }
+}
+
+pub fn shim_config(pki: &TestPki, socket: &Path, relay: SocketAddr) -> ShimConfig {
+    ShimConfig {
+        socket: socket.to_path_buf(),
+        upstreams: vec![Upstream {
+            host: "127.0.0.1".into(),
+            port: relay.port(),
+        }],
+        server_name: None,
+        expect_server: vec![],
+        tls: pki.client_tls(),
+        allow_uids: vec![],
+        link: quick_link(),
+        server: ServerSettings::default(),
+        forward: Default::default(),
+        drain_timeout: Duration::from_secs(2),
+    }
+}
+
+/// driver socket <- relay <- shim socket, all running.
+pub struct Chain {
+    pub dir: tempfile::TempDir,
+    pub pki: TestPki,
+    pub shutdown: Shutdown,
+    pub driver_socket: PathBuf,
+    pub shim_socket: PathBuf,
+    pub relay: RunningRelay,
+    pub shim: RunningShim,
+}
+
+impl Chain {
+    /// A chain in front of whatever serves `driver_socket` (started by the caller).
+    pub async fn start_with(
+        dir: tempfile::TempDir,
+        tweak_relay: impl FnOnce(&mut RelayConfig),
+        tweak_shim: impl FnOnce(&mut ShimConfig),
+    ) -> Chain {
+        let pki = TestPki::new(&dir.path().join("pki"));
+        let driver_socket = dir.path().join("driver/driver.sock");
+        let shim_socket = dir.path().join("shim/compute-driver.sock");
+        let shutdown = Shutdown::new();
+        let mut relay_cfg = relay_config(&pki, DriverTarget::Unix(driver_socket.clone()));
+        tweak_relay(&mut relay_cfg);
+        let relay = relay::start(relay_cfg, shutdown.clone()).await.unwrap();
+        let mut shim_cfg = shim_config(&pki, &shim_socket, relay.local_addr);
+        tweak_shim(&mut shim_cfg);
+        let shim = shim::start(shim_cfg, shutdown.clone()).unwrap();
+        Chain {
+            dir,
+            pki,
+            shutdown,
+            driver_socket,
+            shim_socket,
+            relay,
+            shim,
+        }
+    }
+
+    /// A chain in front of a demo driver.
+    pub async fn with_demo_driver() -> (Chain, DemoDriver) {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::start_with(dir, |_| {}, |_| {}).await;
+        let driver = DemoDriver::with_options(DemoOptions {
+            provision_delay: Duration::from_millis(50),
+            ..Default::default()
+        });
+        openshell_driver_bridge::demo::serve(
+            &chain.driver_socket,
+            driver.clone(),
+            chain.shutdown.clone(),
+        )
+        .unwrap();
+        (chain, driver)
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        self.shutdown.stop_now();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A raw HTTP/2 driver that records exactly what reached it.
+
+/// What a raw driver saw of one call.
+#[derive(Clone, Debug)]
+pub struct SeenCall {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// How a raw driver answers one call.
+#[derive(Clone, Debug, Default)]
+pub struct Answer {
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Bytes,
+    pub trailers: Vec<(String, Vec<u8>)>,
+    pub delay: Duration,
+}
+
+impl Answer {
+    pub fn ok(body: Bytes) -> Answer {
+        Answer {
+            body,
+            trailers: vec![("grpc-status".into(), b"0".to_vec())],
+            ..Default::default()
+        }
+    }
+}
+
+type Handler = Arc<dyn Fn(&SeenCall) -> Answer + Send + Sync>;
+
+/// A driver at the HTTP/2 level: it records every request byte for byte
+/// and answers with exactly the bytes its handler gives.
+#[derive(Clone)]
+pub struct RawDriver {
+    pub seen: Arc<Mutex<Vec<SeenCall>>>,
+    /// Calls whose response was dropped before it completed (cancellations).
+    pub cancelled: Arc<Mutex<Vec<String>>>,
+}
+
+impl RawDriver {
+    pub fn serve(
+        socket: &Path,
+        handler: impl Fn(&SeenCall) -> Answer + Send + Sync + 'static,
+    ) -> RawDriver {
+        let listener = PrivateSocket::bind(socket, &[]).unwrap();
+        let driver = RawDriver {
+            seen: Arc::default(),
+            cancelled: Arc::default(),
+        };
+        let handler: Handler = Arc::new(handler);
+        let this = driver.clone();
+        tokio::spawn(async move {
+            let _keep = &listener;
+            loop {
+                let (stream, _) = listener.accept().await;
+                let this = this.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let this = this.clone();
+                        let handler = handler.clone();
+                        async move { Ok::<_, std::convert::Infallible>(this.answer(req, handler).await) }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .max_frame_size(1 << 20)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        driver
+    }
+
+    async fn answer(
+        &self,
+        req: Request<Incoming>,
+        handler: Handler,
+    ) -> Response<BoxBody<Bytes, std::convert::Infallible>> {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        let call = SeenCall {
+            path: parts.uri.path().to_owned(),
+            headers: parts.headers,
+            body,
+        };
+        self.seen.lock().unwrap().push(call.clone());
+        let answer = handler(&call);
+        if !answer.delay.is_zero() {
+            let guard = CancelGuard(Some((self.cancelled.clone(), call.path.clone())));
+            tokio::time::sleep(answer.delay).await;
+            std::mem::forget(guard.disarm());
+        }
+        let mut response = Response::builder().header("content-type", "application/grpc");
+        for (name, value) in &answer.headers {
+            response = response.header(name.as_str(), value.as_slice());
+        }
+        let mut trailers = HeaderMap::new();
+        for (name, value) in &answer.trailers {
+            trailers.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        let body = Full::new(answer.body)
+            .with_trailers(async move { Some(Ok(trailers)) })
+            .boxed();
+        response.body(body).unwrap()
+    }
+
+    pub fn calls(&self) -> Vec<SeenCall> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+struct CancelGuard(Option<(Arc<Mutex<Vec<String>>>, String)>);
+
+impl CancelGuard {
+    fn disarm(mut self) -> Self {
+        self.0 = None;
+        self
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some((list, path)) = self.0.take() {
+            list.lock().unwrap().push(path);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A raw HTTP/2 gateway: sends exact bytes, returns exact bytes.
+
+/// A complete raw response: headers, data, trailers.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: http::StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: HeaderMap,
+}
+
+impl RawResponse {
+    /// grpc-status from the trailers, or from the headers (Trailers-Only).
+    pub fn grpc_status(&self) -> Option<String> {
+        self.trailers
+            .get("grpc-status")
+            .or_else(|| self.headers.get("grpc-status"))
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    pub fn grpc_message(&self) -> String {
+        let raw = self
+            .trailers
+            .get("grpc-message")
+            .or_else(|| self.headers.get("grpc-message"))
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        percent_decode(&raw)
+    }
+}
+
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends one request over a fresh HTTP/2 connection to the socket at `path`.
+pub async fn raw_call(
+    path: &Path,
+    uri_path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> RawResponse {
+    let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut request = Request::builder()
+        .method("POST")
+        .uri(format!("http://[::]:50051{uri_path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    RawResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
+}
+
+/// Wraps a message in gRPC's 5-byte length prefix (uncompressed).
+pub fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(message.len() + 5);
+    out.extend_from_slice(&[0]);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out.freeze()
+}
+
+/// Splits a body into its gRPC messages.
+pub fn grpc_messages(mut body: Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    while body.len() >= 5 {
+        body.advance(1);
+        let len = body.get_u32() as usize;
+        out.push(body.split_to(len));
+    }
+    out
+}
+
+/// Waits until `check` holds, polling, for at most `limit`.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+/// Counts by key, for tallies.
+pub fn tally<'a>(items: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str, usize> {
+    let mut out = HashMap::new();
+    for item in items {
+        *out.entry(item).or_insert(0) += 1;
+    }
+    out
+}
