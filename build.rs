@@ -4,9 +4,6 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let files = protox::compile(["compute_driver.proto", "options.proto"], ["proto"])?;
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(files)?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(files)?;
     Ok(())
 }

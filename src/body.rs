@@ -51,21 +51,13 @@ struct StreamGuard {
 impl RelayBody {
     /// A body with no frames (Trailers-Only responses, empty requests).
     pub fn empty() -> Self {
-        RelayBody {
-            inner: None,
-            ending: None,
-            guard: None,
-        }
+        RelayBody { inner: None, ending: None, guard: None }
     }
 
     /// Passes `incoming` through unchanged; its errors stay errors, so a
     /// client that resets its stream resets the upstream stream too.
     pub fn incoming(incoming: Incoming) -> Self {
-        RelayBody {
-            inner: Some(incoming),
-            ending: None,
-            guard: None,
-        }
+        RelayBody { inner: Some(incoming), ending: None, guard: None }
     }
 
     /// A response body from `hop` that ends with a gRPC status, never a bare
@@ -111,10 +103,7 @@ impl RelayBody {
     }
 
     /// Stops reading upstream and ends the stream with `status`.
-    fn end_with(
-        &mut self,
-        status: BridgeStatus,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn end_with(&mut self, status: BridgeStatus) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         self.inner = None;
         if let Some(guard) = self.guard.as_mut() {
             guard.status = Some(status.code.as_str().to_owned());
@@ -141,10 +130,8 @@ impl Body for RelayBody {
         if let Some(guard) = this.guard.as_mut() {
             if let Some((sleep, budget)) = guard.deadline.as_mut() {
                 if sleep.as_mut().poll(cx).is_ready() {
-                    let message = format!(
-                        "deadline of {} ms expired while the call was in the bridge",
-                        budget.as_millis()
-                    );
+                    let message =
+                        format!("deadline of {} ms expired while the call was in the bridge", budget.as_millis());
                     return this.end_with(BridgeStatus::new(Code::DeadlineExceeded, message));
                 }
             }
@@ -173,11 +160,7 @@ impl Body for RelayBody {
             }
             Poll::Ready(Some(Err(error))) => match this.guard.as_ref() {
                 Some(guard) => {
-                    let message = format!(
-                        "{}: stream broken: {}",
-                        guard.hop,
-                        describe_hyper_error(&error)
-                    );
+                    let message = format!("{}: stream broken: {}", guard.hop, describe_hyper_error(&error));
                     this.end_with(BridgeStatus::new(Code::Unavailable, message))
                 }
                 None => {
@@ -215,10 +198,7 @@ impl Drop for StreamGuard {
 
 /// The `grpc-status` of a header or trailer block, if any.
 pub fn grpc_status_of(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    headers.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 /// hyper's errors print as "error reading a body from connection"; the

@@ -32,12 +32,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             serve_until_signal(shutdown, std::time::Duration::from_secs(5), task).await
         }
         Command::Certs(CertsCommand::Init(args)) => {
-            let paths = crate::pki::init(
-                &args.out,
-                &args.server_names,
-                &args.client_names,
-                args.force,
-            )?;
+            let paths = crate::pki::init(&args.out, &args.server_names, &args.client_names, args.force)?;
             println!("wrote development certificates to {}:", args.out.display());
             for (what, path) in paths.listing() {
                 println!("  {what:<22} {}", path.display());

@@ -18,20 +18,14 @@ pub async fn uds_channel(path: &Path) -> Result<Channel, tonic::transport::Error
     Endpoint::from_static(GATEWAY_DUMMY_URI)
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
+            async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
         }))
         .await
 }
 
 /// A compute-driver client on the socket at `path`, accepting messages up
 /// to 64 MiB (the bridge passes whatever the driver sends).
-pub async fn driver_client(
-    path: &Path,
-) -> Result<ComputeDriverClient<Channel>, tonic::transport::Error> {
+pub async fn driver_client(path: &Path) -> Result<ComputeDriverClient<Channel>, tonic::transport::Error> {
     Ok(ComputeDriverClient::new(uds_channel(path).await?)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024))

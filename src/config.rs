@@ -51,12 +51,7 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct LogArgs {
     /// Log level (error, warn, info, debug, trace) or a full filter; RUST_LOG wins when set.
-    #[arg(
-        long,
-        global = true,
-        env = "OPENSHELL_BRIDGE_LOG_LEVEL",
-        default_value = "info"
-    )]
+    #[arg(long, global = true, env = "OPENSHELL_BRIDGE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// Log format.
     #[arg(long, global = true, env = "OPENSHELL_BRIDGE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -80,6 +75,9 @@ pub struct TlsArgs {
     /// Also allow TLS 1.2 (modern AEAD suites only); TLS 1.3 only otherwise.
     #[arg(long, env = "OPENSHELL_BRIDGE_TLS12")]
     pub tls12: bool,
+    /// How often to check the certificate, key and CA files for a change (SIGHUP reloads at once).
+    #[arg(long, env = "OPENSHELL_BRIDGE_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
 }
 
 impl TlsArgs {
@@ -90,6 +88,7 @@ impl TlsArgs {
             key: self.key.clone(),
             allow_loose_key_permissions: self.allow_loose_key_permissions,
             tls12: self.tls12,
+            reload_interval: self.reload_interval.max(Duration::from_millis(100)),
         }
     }
 }
@@ -119,11 +118,7 @@ pub struct TuningArgs {
     #[arg(long, env = "OPENSHELL_BRIDGE_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
     pub max_header_bytes: u32,
     /// Concurrent calls allowed on one client connection.
-    #[arg(
-        long,
-        env = "OPENSHELL_BRIDGE_MAX_CONCURRENT_STREAMS",
-        default_value_t = 1024
-    )]
+    #[arg(long, env = "OPENSHELL_BRIDGE_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
     pub max_concurrent_streams: u32,
     /// Client connections served at once; more are closed on arrival.
     #[arg(long, env = "OPENSHELL_BRIDGE_MAX_CONNECTIONS", default_value_t = 1024)]
@@ -157,9 +152,7 @@ impl TuningArgs {
     }
 
     fn forward(&self) -> ForwardOptions {
-        ForwardOptions {
-            default_timeout: self.default_timeout,
-        }
+        ForwardOptions { default_timeout: self.default_timeout }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -201,20 +194,10 @@ pub struct ShimArgs {
     #[arg(long, env = "OPENSHELL_BRIDGE_SERVER_NAME", value_name = "NAME")]
     pub server_name: Option<String>,
     /// Also require the upstream certificate to carry this identity (dns:, uri:, cn:); repeatable.
-    #[arg(
-        long,
-        env = "OPENSHELL_BRIDGE_EXPECT_SERVER",
-        value_name = "ID",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "OPENSHELL_BRIDGE_EXPECT_SERVER", value_name = "ID", value_delimiter = ',')]
     pub expect_server: Vec<String>,
     /// Also admit local peers of this UID on the socket (the bridge's own UID always is); repeatable.
-    #[arg(
-        long = "allow-uid",
-        env = "OPENSHELL_BRIDGE_ALLOW_UID",
-        value_name = "UID",
-        value_delimiter = ','
-    )]
+    #[arg(long = "allow-uid", env = "OPENSHELL_BRIDGE_ALLOW_UID", value_name = "UID", value_delimiter = ',')]
     pub allow_uids: Vec<u32>,
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -233,10 +216,7 @@ impl ShimArgs {
         let expect_server = self
             .expect_server
             .iter()
-            .map(|p| {
-                p.parse::<IdentityPattern>()
-                    .map_err(|e| format!("--expect-server {e}"))
-            })
+            .map(|p| p.parse::<IdentityPattern>().map_err(|e| format!("--expect-server {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ShimConfig {
             socket: self.socket.clone(),
@@ -274,12 +254,7 @@ pub struct RelayArgs {
     #[arg(long, env = "OPENSHELL_BRIDGE_UNSAFE_DRIVER_TARGET")]
     pub unsafe_driver_target: bool,
     /// Admit clients with this identity: dns:NAME, uri:URI (uri:PREFIX/* for a prefix), cn:NAME; repeatable.
-    #[arg(
-        long = "allow-client",
-        env = "OPENSHELL_BRIDGE_ALLOW_CLIENT",
-        value_name = "ID",
-        value_delimiter = ','
-    )]
+    #[arg(long = "allow-client", env = "OPENSHELL_BRIDGE_ALLOW_CLIENT", value_name = "ID", value_delimiter = ',')]
     pub allow_clients: Vec<String>,
     /// Admit these identities for read-only methods only (Get*, List, Watch, Validate); repeatable.
     #[arg(
@@ -304,27 +279,16 @@ impl RelayArgs {
         let listen = resolve_listen(&self.listen)?;
         let driver = match (&self.driver_socket, &self.driver_url) {
             (Some(path), None) => DriverTarget::Unix(path.clone()),
-            (None, Some(url)) => {
-                DriverTarget::from_url(url).map_err(|e| format!("--driver-url {e}"))?
-            }
-            _ => return Err(
-                "give exactly one of --driver-socket PATH or --driver-url http://127.0.0.1:PORT"
-                    .into(),
-            ),
+            (None, Some(url)) => DriverTarget::from_url(url).map_err(|e| format!("--driver-url {e}"))?,
+            _ => return Err("give exactly one of --driver-socket PATH or --driver-url http://127.0.0.1:PORT".into()),
         };
         let mut rules = Vec::new();
         for (ids, access, flag) in [
             (&self.allow_clients, Access::Full, "--allow-client"),
-            (
-                &self.allow_clients_read_only,
-                Access::ReadOnly,
-                "--allow-client-read-only",
-            ),
+            (&self.allow_clients_read_only, Access::ReadOnly, "--allow-client-read-only"),
         ] {
             for id in ids {
-                let pattern = id
-                    .parse::<IdentityPattern>()
-                    .map_err(|e| format!("{flag} {e}"))?;
+                let pattern = id.parse::<IdentityPattern>().map_err(|e| format!("{flag} {e}"))?;
                 rules.push(Rule { pattern, access });
             }
         }
@@ -404,23 +368,15 @@ pub struct DemoArgs {
 /// Parses `250ms`, `15s`, `2m`, `1h` (a bare number means seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let amount: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration; use e.g. 500ms, 15s, 2m"))?;
+    let amount: u64 = digits.parse().map_err(|_| format!("{text:?} is not a duration; use e.g. 500ms, 15s, 2m"))?;
     let duration = match unit {
         "ms" => Duration::from_millis(amount),
         "" | "s" => Duration::from_secs(amount),
         "m" => Duration::from_secs(amount.saturating_mul(60)),
         "h" => Duration::from_secs(amount.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?}; use ms, s, m or h"
-            ))
-        }
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use ms, s, m or h")),
     };
     Ok(duration)
 }

@@ -55,21 +55,9 @@ pub struct ForwardOptions {
 }
 
 impl Forwarder {
-    pub fn new(
-        role: &'static str,
-        link: Link,
-        policy: Policy,
-        shutdown: Shutdown,
-        options: ForwardOptions,
-    ) -> Self {
+    pub fn new(role: &'static str, link: Link, policy: Policy, shutdown: Shutdown, options: ForwardOptions) -> Self {
         Forwarder {
-            inner: Arc::new(ForwarderInner {
-                role,
-                link,
-                policy,
-                shutdown,
-                default_timeout: options.default_timeout,
-            }),
+            inner: Arc::new(ForwarderInner { role, link, policy, shutdown, default_timeout: options.default_timeout }),
         }
     }
 
@@ -83,10 +71,7 @@ impl Forwarder {
 
     /// The hyper service for one accepted connection.
     pub fn for_caller(&self, caller: Caller) -> CallService {
-        CallService {
-            forwarder: self.clone(),
-            caller: Arc::new(caller),
-        }
+        CallService { forwarder: self.clone(), caller: Arc::new(caller) }
     }
 
     async fn handle(&self, request: Request<Incoming>, caller: Arc<Caller>) -> Response<RelayBody> {
@@ -101,16 +86,11 @@ impl Forwarder {
         };
         if let Err(denied) = self.inner.policy.authorize(&caller, &method) {
             tracing::warn!(role, caller = %caller, method = %method, reason = %denied.0, "refused by policy");
-            return BridgeStatus::new(Code::PermissionDenied, format!("{role}: {}", denied.0))
-                .into_response();
+            return BridgeStatus::new(Code::PermissionDenied, format!("{role}: {}", denied.0)).into_response();
         }
         let streaming = STREAMING_METHODS.contains(&method.as_str());
         let budget = match grpc_timeout(request.headers()) {
-            Ok(budget) => budget.or(if streaming {
-                None
-            } else {
-                self.inner.default_timeout
-            }),
+            Ok(budget) => budget.or(if streaming { None } else { self.inner.default_timeout }),
             Err(status) => return status.into_response(),
         };
         let deadline = budget.map(|b| Instant::now() + b);
@@ -119,12 +99,7 @@ impl Forwarder {
         strip_hop_by_hop(&mut parts.headers);
         let outbound = Request::from_parts(parts, RelayBody::incoming(body));
 
-        let log = CallLog {
-            role,
-            method,
-            caller,
-            started,
-        };
+        let log = CallLog { role, method, caller, started };
         let sent = match deadline {
             Some(at) => match tokio::time::timeout_at(at, self.inner.link.send(outbound)).await {
                 Ok(result) => result,
@@ -155,16 +130,9 @@ impl Forwarder {
         if let (Some(at), Some(budget)) = (deadline, budget) {
             body = body.with_deadline(at, budget);
         }
-        let stop = if streaming {
-            self.inner.shutdown.draining()
-        } else {
-            self.inner.shutdown.stopping()
-        };
+        let stop = if streaming { self.inner.shutdown.draining() } else { self.inner.shutdown.stopping() };
         body = body
-            .with_stop(
-                stop.clone().cancelled_owned(),
-                Arc::from(format!("{role} is shutting down")),
-            )
+            .with_stop(stop.clone().cancelled_owned(), Arc::from(format!("{role} is shutting down")))
             .with_observer(Box::new(log));
         Response::from_parts(parts, body)
     }
@@ -176,32 +144,19 @@ pub fn route(path: &str) -> Result<&str, BridgeStatus> {
         Some(method) if !method.is_empty() && !method.contains('/') => Ok(method),
         _ => Err(BridgeStatus::new(
             Code::Unimplemented,
-            format!(
-                "path {} is not a method of {SERVICE}; the bridge forwards only that service",
-                printable(path)
-            ),
+            format!("path {} is not a method of {SERVICE}; the bridge forwards only that service", printable(path)),
         )),
     }
 }
 
 /// Keeps logged paths to one line of printable ASCII.
 fn printable(text: &str) -> String {
-    text.chars()
-        .take(200)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
+    text.chars().take(200).map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect()
 }
 
 /// Connection-specific headers of RFC 9110 §7.6.1. `te: trailers` is kept:
 /// gRPC requires it end to end.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-];
+const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host"];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
@@ -334,14 +289,8 @@ mod tests {
 
     #[test]
     fn routes_only_methods_of_the_service() {
-        assert_eq!(
-            route("/openshell.compute.v1.ComputeDriver/ListSandboxes").ok(),
-            Some("ListSandboxes")
-        );
-        assert_eq!(
-            route("/openshell.compute.v1.ComputeDriver/SomethingNew").ok(),
-            Some("SomethingNew")
-        );
+        assert_eq!(route("/openshell.compute.v1.ComputeDriver/ListSandboxes").ok(), Some("ListSandboxes"));
+        assert_eq!(route("/openshell.compute.v1.ComputeDriver/SomethingNew").ok(), Some("SomethingNew"));
         for path in [
             "/",
             "/openshell.compute.v1.ComputeDriver/",
@@ -356,16 +305,10 @@ mod tests {
 
     #[test]
     fn grpc_timeout_units() {
-        assert_eq!(
-            parse_grpc_timeout(b"200m"),
-            Some(Duration::from_millis(200))
-        );
+        assert_eq!(parse_grpc_timeout(b"200m"), Some(Duration::from_millis(200)));
         assert_eq!(parse_grpc_timeout(b"1S"), Some(Duration::from_secs(1)));
         assert_eq!(parse_grpc_timeout(b"2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(
-            parse_grpc_timeout(b"99999999n"),
-            Some(Duration::from_nanos(99_999_999))
-        );
+        assert_eq!(parse_grpc_timeout(b"99999999n"), Some(Duration::from_nanos(99_999_999)));
         for bad in [&b""[..], b"m", b"123456789m", b"12x", b"-1S", b"1.5S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }

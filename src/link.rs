@@ -121,16 +121,9 @@ impl Link {
 
     pub fn status(&self) -> LinkStatus {
         let state = self.inner.lock();
-        let connected_to = state
-            .conn
-            .as_ref()
-            .filter(|c| !c.sender.is_closed())
-            .map(|c| self.inner.targets[c.target].label.clone());
-        LinkStatus {
-            connected_to,
-            last_error: state.last_error.clone(),
-            connects: state.connects,
-        }
+        let connected_to =
+            state.conn.as_ref().filter(|c| !c.sender.is_closed()).map(|c| self.inner.targets[c.target].label.clone());
+        LinkStatus { connected_to, last_error: state.last_error.clone(), connects: state.connects }
     }
 
     /// Labels of every target, in order.
@@ -142,10 +135,7 @@ impl Link {
     /// target's) and waits for the response headers. Fails with
     /// `UNAVAILABLE` naming the hop when the link cannot be had in time or
     /// breaks before the response.
-    pub async fn send(
-        &self,
-        mut request: Request<RelayBody>,
-    ) -> Result<(Response<Incoming>, &str), BridgeStatus> {
+    pub async fn send(&self, mut request: Request<RelayBody>) -> Result<(Response<Incoming>, &str), BridgeStatus> {
         let wait_until = Instant::now() + self.inner.settings.connect_wait;
         loop {
             let mut conn = self.ready(wait_until).await?;
@@ -164,10 +154,7 @@ impl Link {
                         let cause = describe_hyper_error(error.error());
                         return Err(BridgeStatus::new(
                             Code::Unavailable,
-                            format!(
-                                "{}: call failed after it was sent (not retried): {cause}",
-                                target.label
-                            ),
+                            format!("{}: call failed after it was sent (not retried): {cause}", target.label),
                         ));
                     }
                 },
@@ -207,10 +194,7 @@ impl Link {
         let wait = self.inner.settings.connect_wait.as_millis();
         let who = self.describe_targets();
         let cause = state.last_error.as_deref().unwrap_or("still connecting");
-        BridgeStatus::new(
-            Code::Unavailable,
-            format!("{who} unreachable after waiting {wait} ms: {cause}"),
-        )
+        BridgeStatus::new(Code::Unavailable, format!("{who} unreachable after waiting {wait} ms: {cause}"))
     }
 
     fn describe_targets(&self) -> String {
@@ -297,11 +281,7 @@ fn jitter(backoff: Duration) -> Duration {
 async fn connect_one(inner: &Arc<Inner>, index: usize) -> Result<(), String> {
     let target = &inner.targets[index];
     let settings = &inner.settings;
-    let io = target
-        .connector
-        .connect(settings.connect_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let io = target.connector.connect(settings.connect_timeout).await.map_err(|e| e.to_string())?;
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -324,11 +304,7 @@ async fn connect_one(inner: &Arc<Inner>, index: usize) -> Result<(), String> {
         state.preferred = index;
         state.connecting = false;
         state.last_error = None;
-        state.conn = Some(Conn {
-            sender,
-            target: index,
-            generation: state.generation,
-        });
+        state.conn = Some(Conn { sender, target: index, generation: state.generation });
         state.generation
     };
     tracing::info!(role = inner.role, peer = %target.label, "connected");

@@ -12,25 +12,16 @@ pub fn init(args: &LogArgs, demo: bool) -> Result<(), String> {
         Ok(spec) if !spec.trim().is_empty() => {
             EnvFilter::try_new(&spec).map_err(|e| format!("RUST_LOG {spec:?}: {e}"))?
         }
-        _ => EnvFilter::try_new(&args.log_level).map_err(|e| {
-            format!(
-                "--log-level {:?}: {e}; use error, warn, info, debug or trace",
-                args.log_level
-            )
-        })?,
+        _ => EnvFilter::try_new(&args.log_level)
+            .map_err(|e| format!("--log-level {:?}: {e}; use error, warn, info, debug or trace", args.log_level))?,
     };
     if demo {
         if let Ok(directive) = format!("{CALL_LOG_TARGET}=debug").parse() {
             filter = filter.add_directive(directive);
         }
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = if args.log_format == "json" {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.try_init()
-    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result =
+        if args.log_format == "json" { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
     result.map_err(|e| format!("cannot install the logger: {e}"))
 }

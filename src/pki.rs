@@ -20,8 +20,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
@@ -111,18 +111,11 @@ pub enum PkiError {
 }
 
 fn generate_error(subject: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
-    move |source| PkiError::Generate {
-        subject: subject.to_owned(),
-        source,
-    }
+    move |source| PkiError::Generate { subject: subject.to_owned(), source }
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PkiError + 'a {
-    move |source| PkiError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| PkiError::Io { action, path: path.to_owned(), source }
 }
 
 /// A certificate authority held in memory: its self-signed certificate and
@@ -141,20 +134,14 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = now + CA_LIFETIME;
         let key = generate_key(name)?;
         let issuer = CertifiedIssuer::self_signed(params, key).map_err(generate_error(name))?;
-        Ok(Ca {
-            common_name: name.to_owned(),
-            issuer,
-        })
+        Ok(Ca { common_name: name.to_owned(), issuer })
     }
 
     /// The CA certificate, PEM.
@@ -177,22 +164,15 @@ impl Ca {
         let params = spec.params()?;
         let subject = spec.subject();
         let key = generate_key(&subject)?;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(generate_error(&subject))?;
-        Ok(Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        let cert = params.signed_by(&key, &self.issuer).map_err(generate_error(&subject))?;
+        Ok(Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 
 /// Never prints the key.
 impl fmt::Debug for Ca {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ca")
-            .field("common_name", &self.common_name)
-            .finish_non_exhaustive()
+        f.debug_struct("Ca").field("common_name", &self.common_name).finish_non_exhaustive()
     }
 }
 
@@ -224,8 +204,7 @@ impl LeafSpec {
     /// SANs, the rest DNS SANs; CN is the first name; EKU serverAuth; valid
     /// for a year from an hour ago.
     pub fn server(names: &[&str]) -> LeafSpec {
-        let (ips, dns): (Vec<&str>, Vec<&str>) =
-            names.iter().partition(|n| n.parse::<IpAddr>().is_ok());
+        let (ips, dns): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| n.parse::<IpAddr>().is_ok());
         LeafSpec {
             common_name: names.first().map(|n| n.to_string()).unwrap_or_default(),
             dns: dns.into_iter().map(str::to_owned).collect(),
@@ -238,12 +217,7 @@ impl LeafSpec {
     /// A client certificate: CN and DNS SAN `name`, EKU clientAuth, valid
     /// for a year from an hour ago.
     pub fn client(name: &str) -> LeafSpec {
-        LeafSpec {
-            common_name: name.to_owned(),
-            dns: vec![name.to_owned()],
-            client: true,
-            ..LeafSpec::empty()
-        }
+        LeafSpec { common_name: name.to_owned(), dns: vec![name.to_owned()], client: true, ..LeafSpec::empty() }
     }
 
     /// No names, no usages, the default validity: the base for the others.
@@ -286,11 +260,7 @@ impl LeafSpec {
     }
 
     /// Sets the validity period, for expired or not-yet-valid certificates.
-    pub fn valid_between(
-        mut self,
-        not_before: OffsetDateTime,
-        not_after: OffsetDateTime,
-    ) -> LeafSpec {
+    pub fn valid_between(mut self, not_before: OffsetDateTime, not_after: OffsetDateTime) -> LeafSpec {
         self.not_before = not_before;
         self.not_after = not_after;
         self
@@ -322,17 +292,11 @@ impl LeafSpec {
     }
 
     fn params(&self) -> Result<CertificateParams, PkiError> {
-        if self.common_name.is_empty()
-            && self.dns.is_empty()
-            && self.uris.is_empty()
-            && self.ips.is_empty()
-        {
+        if self.common_name.is_empty() && self.dns.is_empty() && self.uris.is_empty() && self.ips.is_empty() {
             return Err(PkiError::NoName);
         }
         if self.not_after <= self.not_before {
-            return Err(PkiError::InvalidValidity {
-                subject: self.subject(),
-            });
+            return Err(PkiError::InvalidValidity { subject: self.subject() });
         }
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -350,14 +314,8 @@ impl LeafSpec {
     }
 
     fn subject_alt_names(&self) -> Result<Vec<SanType>, PkiError> {
-        let dns = self
-            .dns
-            .iter()
-            .map(|name| Ok(SanType::DnsName(ia5("DNS name", name)?)));
-        let uris = self
-            .uris
-            .iter()
-            .map(|uri| Ok(SanType::URI(ia5("URI", uri)?)));
+        let dns = self.dns.iter().map(|name| Ok(SanType::DnsName(ia5("DNS name", name)?)));
+        let uris = self.uris.iter().map(|uri| Ok(SanType::URI(ia5("URI", uri)?)));
         let ips = self.ips.iter().map(|ip| Ok(SanType::IpAddress(*ip)));
         dns.chain(uris).chain(ips).collect()
     }
@@ -378,11 +336,7 @@ impl LeafSpec {
 /// would accept some of what this refuses and produce a certificate no
 /// pattern can match.
 fn ia5(kind: &'static str, value: &str) -> Result<rcgen::string::Ia5String, PkiError> {
-    let invalid = |reason| PkiError::InvalidName {
-        kind,
-        name: value.to_owned(),
-        reason,
-    };
+    let invalid = |reason| PkiError::InvalidName { kind, name: value.to_owned(), reason };
     if value.is_empty() {
         return Err(invalid("it is empty"));
     }
@@ -393,11 +347,7 @@ fn ia5(kind: &'static str, value: &str) -> Result<rcgen::string::Ia5String, PkiE
 }
 
 fn check_common_name(name: &str) -> Result<&str, PkiError> {
-    let invalid = |reason| PkiError::InvalidName {
-        kind: "common name",
-        name: name.to_owned(),
-        reason,
-    };
+    let invalid = |reason| PkiError::InvalidName { kind: "common name", name: name.to_owned(), reason };
     if name.trim().is_empty() {
         return Err(invalid("it is empty"));
     }
@@ -429,10 +379,7 @@ pub struct Leaf {
 /// Never prints the key.
 impl fmt::Debug for Leaf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Leaf")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"[elided]")
-            .finish()
+        f.debug_struct("Leaf").field("cert_pem", &self.cert_pem).field("key_pem", &"[elided]").finish()
     }
 }
 
@@ -442,10 +389,7 @@ pub fn self_signed(spec: &LeafSpec) -> Result<Leaf, PkiError> {
     let subject = spec.subject();
     let key = generate_key(&subject)?;
     let cert = params.self_signed(&key).map_err(generate_error(&subject))?;
-    Ok(Leaf {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// Writes `pem` to `path` atomically: a temporary file in the same
@@ -455,20 +399,13 @@ pub fn self_signed(spec: &LeafSpec) -> Result<Leaf, PkiError> {
 /// the umask.
 pub fn write_pem(path: &Path, pem: &str, private: bool) -> io::Result<()> {
     let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} does not name a file", path.display()),
-        )
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{} does not name a file", path.display()))
     })?;
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    let tmp = dir.join(format!(
-        ".{}.{:016x}.tmp",
-        file_name.to_string_lossy(),
-        rand::random::<u64>()
-    ));
+    let tmp = dir.join(format!(".{}.{:016x}.tmp", file_name.to_string_lossy(), rand::random::<u64>()));
     let mode = if private { 0o600 } else { 0o644 };
     let written = write_new_file(&tmp, pem.as_bytes(), mode).and_then(|()| fs::rename(&tmp, path));
     if written.is_err() {
@@ -483,11 +420,7 @@ pub fn write_pem(path: &Path, pem: &str, private: bool) -> io::Result<()> {
 fn write_new_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     // create_new refuses to follow a planted symlink; the mode applies from
     // the first byte, so a key is never briefly readable by others.
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
     file.set_permissions(fs::Permissions::from_mode(mode))?;
     file.write_all(contents)?;
     file.sync_all()
@@ -549,14 +482,7 @@ impl DevPkiPaths {
 
     /// All six files, CA first.
     pub fn files(&self) -> [&Path; 6] {
-        [
-            &self.ca,
-            &self.ca_key,
-            &self.server_cert,
-            &self.server_key,
-            &self.client_cert,
-            &self.client_key,
-        ]
+        [&self.ca, &self.ca_key, &self.server_cert, &self.server_key, &self.client_cert, &self.client_key]
     }
 }
 
@@ -600,42 +526,26 @@ pub fn init(
 }
 
 fn server_spec(names: &[String]) -> LeafSpec {
-    let names: Vec<&str> = if names.is_empty() {
-        DEFAULT_SERVER_NAMES.to_vec()
-    } else {
-        names.iter().map(String::as_str).collect()
-    };
+    let names: Vec<&str> =
+        if names.is_empty() { DEFAULT_SERVER_NAMES.to_vec() } else { names.iter().map(String::as_str).collect() };
     LeafSpec::server(&names)
 }
 
 fn client_spec(names: &[String]) -> LeafSpec {
-    let names: Vec<&str> = if names.is_empty() {
-        DEFAULT_CLIENT_NAMES.to_vec()
-    } else {
-        names.iter().map(String::as_str).collect()
-    };
-    let (first, rest) = names
-        .split_first()
-        .unwrap_or((&DEFAULT_CLIENT_NAMES[0], &[]));
-    rest.iter()
-        .fold(LeafSpec::client(first), |spec, name| spec.with_dns(name))
+    let names: Vec<&str> =
+        if names.is_empty() { DEFAULT_CLIENT_NAMES.to_vec() } else { names.iter().map(String::as_str).collect() };
+    let (first, rest) = names.split_first().unwrap_or((&DEFAULT_CLIENT_NAMES[0], &[]));
+    rest.iter().fold(LeafSpec::client(first), |spec, name| spec.with_dns(name))
 }
 
 fn ensure_private_dir(out: &Path) -> Result<(), PkiError> {
     match fs::metadata(out) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(PkiError::NotADirectory {
-            path: out.to_owned(),
-        }),
+        Ok(_) => Err(PkiError::NotADirectory { path: out.to_owned() }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(out)
-                .map_err(io_error("create directory", out))?;
+            DirBuilder::new().recursive(true).mode(0o700).create(out).map_err(io_error("create directory", out))?;
             // The umask may have narrowed the mode further; make it exact.
-            fs::set_permissions(out, fs::Permissions::from_mode(0o700))
-                .map_err(io_error("set permissions on", out))
+            fs::set_permissions(out, fs::Permissions::from_mode(0o700)).map_err(io_error("set permissions on", out))
         }
         Err(e) => Err(io_error("inspect", out)(e)),
     }
@@ -652,10 +562,7 @@ fn refuse_overwrite(paths: &DevPkiPaths) -> Result<(), PkiError> {
     if names.is_empty() {
         Ok(())
     } else {
-        Err(PkiError::Exists {
-            dir: paths.dir.clone(),
-            names,
-        })
+        Err(PkiError::Exists { dir: paths.dir.clone(), names })
     }
 }
 
@@ -679,11 +586,24 @@ mod tests {
         CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
     }
 
+    fn ip_sans(der: &CertificateDer<'_>) -> Vec<Vec<u8>> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = X509Certificate::from_der(der).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        san.value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::IPAddress(bytes) => Some(bytes.to_vec()),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn eku(der: &CertificateDer<'_>) -> (bool, bool) {
         let (_, cert) = X509Certificate::from_der(der).unwrap();
         let eku = cert.extended_key_usage().unwrap().map(|e| e.value.clone());
-        eku.map(|e| (e.server_auth, e.client_auth))
-            .unwrap_or((false, false))
+        eku.map(|e| (e.server_auth, e.client_auth)).unwrap_or((false, false))
     }
 
     #[test]
@@ -710,13 +630,7 @@ mod tests {
         let spec = LeafSpec::server(&["localhost", "127.0.0.1", "::1", "relay.example"]);
         assert_eq!(spec.common_name, "localhost");
         assert_eq!(spec.dns, ["localhost", "relay.example"]);
-        assert_eq!(
-            spec.ips,
-            [
-                "127.0.0.1".parse::<IpAddr>().unwrap(),
-                "::1".parse().unwrap()
-            ]
-        );
+        assert_eq!(spec.ips, ["127.0.0.1".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]);
         assert!(spec.server && !spec.client);
         let ca = Ca::new("ca").unwrap();
         let leaf = ca.issue(&spec).unwrap();
@@ -724,15 +638,16 @@ mod tests {
         assert_eq!(eku(&der), (true, false));
         let info = material::cert_info(&der).unwrap();
         assert_eq!(info.identity.dns, ["localhost", "relay.example"]);
+        let mut loopback6 = vec![0; 15];
+        loopback6.push(1);
+        assert_eq!(ip_sans(&der), [vec![127, 0, 0, 1], loopback6]);
         assert!(!format!("{leaf:?}").contains("PRIVATE"));
     }
 
     #[test]
     fn client_spec_and_builders() {
         let ca = Ca::new("ca").unwrap();
-        let spec = LeafSpec::client("gw")
-            .with_uri("spiffe://corp/edge/gw")
-            .with_server_auth();
+        let spec = LeafSpec::client("gw").with_uri("spiffe://corp/edge/gw").with_server_auth();
         let der = der(&ca.issue(&spec).unwrap().cert_pem);
         assert_eq!(eku(&der), (true, true));
         let identity = material::cert_info(&der).unwrap().identity;
@@ -757,25 +672,16 @@ mod tests {
         let err = ca.issue(&bad_dns).unwrap_err().to_string();
         assert!(err.contains("invalid DNS name \"has space\""), "{err}");
         let bad_uri = LeafSpec::client("gw").with_uri("spiffe://ü");
-        assert!(ca
-            .issue(&bad_uri)
-            .unwrap_err()
-            .to_string()
-            .contains("only ASCII"));
+        assert!(ca.issue(&bad_uri).unwrap_err().to_string().contains("only ASCII"));
         let now = OffsetDateTime::now_utc();
         let backwards = LeafSpec::client("gw").valid_between(now, now - Duration::days(1));
-        assert!(matches!(
-            ca.issue(&backwards),
-            Err(PkiError::InvalidValidity { .. })
-        ));
+        assert!(matches!(ca.issue(&backwards), Err(PkiError::InvalidValidity { .. })));
         let uri_only = LeafSpec {
             common_name: String::new(),
             dns: Vec::new(),
             ..LeafSpec::client("x").with_uri("spiffe://corp/x")
         };
-        let identity = material::cert_info(&der_of(&ca, &uri_only))
-            .unwrap()
-            .identity;
+        let identity = material::cert_info(&der_of(&ca, &uri_only)).unwrap().identity;
         assert_eq!(identity.to_string(), "uri:spiffe://corp/x");
         assert_eq!(identity.cn, None);
     }
@@ -815,22 +721,8 @@ mod tests {
             assert_eq!(mode(cert), 0o644, "{}", cert.display());
         }
         assert_eq!(material::load_roots("--ca", &paths.ca).unwrap().len(), 1);
-        material::load_certified_key(
-            "--cert",
-            &paths.server_cert,
-            "--key",
-            &paths.server_key,
-            false,
-        )
-        .unwrap();
-        material::load_certified_key(
-            "--cert",
-            &paths.client_cert,
-            "--key",
-            &paths.client_key,
-            false,
-        )
-        .unwrap();
+        material::load_certified_key("--cert", &paths.server_cert, "--key", &paths.server_key, false).unwrap();
+        material::load_certified_key("--cert", &paths.client_cert, "--key", &paths.client_key, false).unwrap();
         material::load_key("--ca-key", &paths.ca_key, false).unwrap();
 
         let client = material::load_cert_info("--cert", &paths.client_cert).unwrap();
@@ -839,15 +731,8 @@ mod tests {
         let server = material::load_cert_info("--cert", &paths.server_cert).unwrap();
         assert_eq!(server.identity.dns, ["localhost"]);
         assert!(matches!(
-            material::check_validity(
-                "--cert",
-                &paths.server_cert,
-                &server,
-                OffsetDateTime::now_utc()
-            ),
-            Validity::Ok {
-                days_left: 364 | 365
-            }
+            material::check_validity("--cert", &paths.server_cert, &server, OffsetDateTime::now_utc()),
+            Validity::Ok { days_left: 364 | 365 }
         ));
     }
 
@@ -863,32 +748,8 @@ mod tests {
         assert_eq!(client.identity.cn.as_deref(), Some("gw-a"));
         let server = material::load_cert_info("--cert", &paths.server_cert).unwrap();
         assert_eq!(server.identity.dns, ["relay.example"]);
-        let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        let (_, cert) =
-            X509Certificate::from_der(&der(&fs::read_to_string(&paths.server_cert).unwrap()))
-                .map(|(rest, cert)| (rest.len(), cert))
-                .unwrap();
-        let san = cert
-            .subject_alternative_name()
-            .unwrap()
-            .unwrap()
-            .value
-            .clone();
-        let ips: Vec<_> = san
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                x509_parser::extensions::GeneralName::IPAddress(b) => Some(b.to_vec()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(
-            ips,
-            [match ip {
-                IpAddr::V4(v4) => v4.octets().to_vec(),
-                IpAddr::V6(v6) => v6.octets().to_vec(),
-            }]
-        );
+        let server_der = der(&fs::read_to_string(&paths.server_cert).unwrap());
+        assert_eq!(ip_sans(&server_der), [[10, 1, 2, 3].to_vec()]);
         // An existing directory keeps its mode; it is not ours to change.
         assert_eq!(mode(tmp.path()), 0o755);
     }
@@ -899,10 +760,7 @@ mod tests {
         let first = init(tmp.path(), &[], &[], false).unwrap();
         let before = fs::read_to_string(&first.ca).unwrap();
         let err = init(tmp.path(), &[], &[], false).unwrap_err().to_string();
-        assert!(
-            err.contains("refusing to overwrite existing files"),
-            "{err}"
-        );
+        assert!(err.contains("refusing to overwrite existing files"), "{err}");
         assert!(err.contains("ca.pem, ca-key.pem, server.pem"), "{err}");
         assert!(err.contains("--force"), "{err}");
         assert_eq!(fs::read_to_string(&first.ca).unwrap(), before);
@@ -915,29 +773,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("file");
         fs::write(&file, "x").unwrap();
-        assert!(matches!(
-            init(&file, &[], &[], false),
-            Err(PkiError::NotADirectory { .. })
-        ));
+        assert!(matches!(init(&file, &[], &[], false), Err(PkiError::NotADirectory { .. })));
     }
 
     #[test]
     fn past_validity_shows_as_expired() {
         let ca = Ca::new("ca").unwrap();
         let now = OffsetDateTime::now_utc();
-        let spec = LeafSpec::client("old")
-            .valid_between(now - Duration::days(30), now - Duration::days(1));
+        let spec = LeafSpec::client("old").valid_between(now - Duration::days(30), now - Duration::days(1));
         let info = material::cert_info(&der_of(&ca, &spec)).unwrap();
         let validity = material::check_validity("--cert", Path::new("old.pem"), &info, now);
         assert_eq!(validity, Validity::Expired);
     }
 
     /// Drives a TLS 1.3 handshake between two in-memory endpoints.
-    fn handshake(
-        client: ClientConfig,
-        server: ServerConfig,
-        name: &str,
-    ) -> Result<(), rustls::Error> {
+    fn handshake(client: ClientConfig, server: ServerConfig, name: &str) -> Result<(), rustls::Error> {
         let name = ServerName::try_from(name.to_owned()).unwrap();
         let mut client = Connection::from(rustls::ClientConnection::new(Arc::new(client), name)?);
         let mut server = Connection::from(rustls::ServerConnection::new(Arc::new(server))?);
@@ -986,9 +836,7 @@ mod tests {
     fn server_config(ca: &Ca, leaf: &Leaf) -> ServerConfig {
         use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca), provider.clone())
-            .build()
-            .unwrap();
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca), provider.clone()).build().unwrap();
         ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
@@ -1006,18 +854,10 @@ mod tests {
         let server = ca.issue(&LeafSpec::server(DEFAULT_SERVER_NAMES)).unwrap();
         let client = ca.issue(&LeafSpec::client("openshell-gateway")).unwrap();
         for name in ["localhost", "127.0.0.1", "::1"] {
-            handshake(
-                client_config(&ca, &client),
-                server_config(&ca, &server),
-                name,
-            )
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            handshake(client_config(&ca, &client), server_config(&ca, &server), name)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
-        let wrong_name = handshake(
-            client_config(&ca, &client),
-            server_config(&ca, &server),
-            "other",
-        );
+        let wrong_name = handshake(client_config(&ca, &client), server_config(&ca, &server), "other");
         assert!(wrong_name.is_err());
     }
 
@@ -1028,51 +868,22 @@ mod tests {
         let client = ca.issue(&LeafSpec::client("gw")).unwrap();
 
         let stranger = self_signed(&LeafSpec::client("gw")).unwrap();
-        assert!(handshake(
-            client_config(&ca, &stranger),
-            server_config(&ca, &server),
-            "localhost"
-        )
-        .is_err());
+        assert!(handshake(client_config(&ca, &stranger), server_config(&ca, &server), "localhost").is_err());
 
         let other_ca = Ca::new("other").unwrap();
         let foreign = other_ca.issue(&LeafSpec::client("gw")).unwrap();
-        assert!(handshake(
-            client_config(&ca, &foreign),
-            server_config(&ca, &server),
-            "localhost"
-        )
-        .is_err());
+        assert!(handshake(client_config(&ca, &foreign), server_config(&ca, &server), "localhost").is_err());
 
         // A client certificate cannot serve, a server certificate cannot
         // authenticate a client: extended key usage is enforced.
         let client_as_server = ca.issue(&LeafSpec::client("localhost")).unwrap();
-        assert!(handshake(
-            client_config(&ca, &client),
-            server_config(&ca, &client_as_server),
-            "localhost"
-        )
-        .is_err());
+        assert!(handshake(client_config(&ca, &client), server_config(&ca, &client_as_server), "localhost").is_err());
         let server_as_client = ca.issue(&LeafSpec::server(&["gw"])).unwrap();
-        assert!(handshake(
-            client_config(&ca, &server_as_client),
-            server_config(&ca, &server),
-            "localhost"
-        )
-        .is_err());
+        assert!(handshake(client_config(&ca, &server_as_client), server_config(&ca, &server), "localhost").is_err());
 
         let now = OffsetDateTime::now_utc();
-        let expired = ca
-            .issue(
-                &LeafSpec::client("gw")
-                    .valid_between(now - Duration::days(30), now - Duration::days(1)),
-            )
-            .unwrap();
-        assert!(handshake(
-            client_config(&ca, &expired),
-            server_config(&ca, &server),
-            "localhost"
-        )
-        .is_err());
+        let expired =
+            ca.issue(&LeafSpec::client("gw").valid_between(now - Duration::days(30), now - Duration::days(1))).unwrap();
+        assert!(handshake(client_config(&ca, &expired), server_config(&ca, &server), "localhost").is_err());
     }
 }

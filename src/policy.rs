@@ -38,10 +38,7 @@ pub enum Caller {
 impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Caller::Local {
-                uid,
-                pid: Some(pid),
-            } => write!(f, "uid:{uid} pid:{pid}"),
+            Caller::Local { uid, pid: Some(pid) } => write!(f, "uid:{uid} pid:{pid}"),
             Caller::Local { uid, pid: None } => write!(f, "uid:{uid}"),
             Caller::Tls(identity) => write!(f, "{identity}"),
         }
@@ -79,10 +76,7 @@ pub enum Policy {
     LocalPeers,
     /// TLS clients: the first matching rule decides; `any_client` admits any
     /// certificate of the CA when the operator asked for it explicitly.
-    Clients {
-        rules: Vec<Rule>,
-        any_client: Option<Access>,
-    },
+    Clients { rules: Vec<Rule>, any_client: Option<Access> },
 }
 
 /// A refusal, worded for the caller and the log.
@@ -93,20 +87,10 @@ impl Policy {
     pub fn authorize(&self, caller: &Caller, method: &str) -> Result<(), Denied> {
         let (rules, any_client, identity) = match (self, caller) {
             (Policy::LocalPeers, Caller::Local { .. }) => return Ok(()),
-            (Policy::Clients { rules, any_client }, Caller::Tls(identity)) => {
-                (rules, any_client, identity)
-            }
-            _ => {
-                return Err(Denied(format!(
-                    "caller {caller} is not admitted by this listener"
-                )))
-            }
+            (Policy::Clients { rules, any_client }, Caller::Tls(identity)) => (rules, any_client, identity),
+            _ => return Err(Denied(format!("caller {caller} is not admitted by this listener"))),
         };
-        let access = rules
-            .iter()
-            .find(|rule| rule.pattern.matches(identity))
-            .map(|rule| rule.access)
-            .or(*any_client);
+        let access = rules.iter().find(|rule| rule.pattern.matches(identity)).map(|rule| rule.access).or(*any_client);
         match access {
             None => Err(Denied(format!(
                 "client identity {} is not allowed (no --allow-client rule matches {})",
@@ -114,9 +98,7 @@ impl Policy {
                 identity.names().collect::<Vec<_>>().join(", ")
             ))),
             Some(access) if access.permits(method) => Ok(()),
-            Some(_) => Err(Denied(format!(
-                "client identity {identity} is read-only and may not call {method}"
-            ))),
+            Some(_) => Err(Denied(format!("client identity {identity} is read-only and may not call {method}"))),
         }
     }
 
@@ -132,40 +114,25 @@ mod tests {
     use super::*;
 
     fn tls(dns: &str) -> Caller {
-        Caller::Tls(Arc::new(PeerIdentity {
-            dns: vec![dns.into()],
-            uris: vec![],
-            cn: Some(dns.into()),
-        }))
+        Caller::Tls(Arc::new(PeerIdentity { dns: vec![dns.into()], uris: vec![], cn: Some(dns.into()) }))
     }
 
     fn rule(pattern: &str, access: Access) -> Rule {
-        Rule {
-            pattern: pattern.parse().expect("pattern"),
-            access,
-        }
+        Rule { pattern: pattern.parse().expect("pattern"), access }
     }
 
     #[test]
     fn listed_identity_may_call_everything() {
-        let policy = Policy::Clients {
-            rules: vec![rule("dns:gw", Access::Full)],
-            any_client: None,
-        };
+        let policy = Policy::Clients { rules: vec![rule("dns:gw", Access::Full)], any_client: None };
         assert!(policy.authorize(&tls("gw"), "CreateSandbox").is_ok());
         assert!(policy.authorize(&tls("gw"), "SomethingNew").is_ok());
-        let denied = policy
-            .authorize(&tls("other"), "ListSandboxes")
-            .unwrap_err();
+        let denied = policy.authorize(&tls("other"), "ListSandboxes").unwrap_err();
         assert!(denied.0.contains("dns:other"), "{}", denied.0);
     }
 
     #[test]
     fn read_only_identity_may_only_observe() {
-        let policy = Policy::Clients {
-            rules: vec![rule("dns:ro", Access::ReadOnly)],
-            any_client: None,
-        };
+        let policy = Policy::Clients { rules: vec![rule("dns:ro", Access::ReadOnly)], any_client: None };
         assert!(policy.authorize(&tls("ro"), "ListSandboxes").is_ok());
         assert!(policy.authorize(&tls("ro"), "WatchSandboxes").is_ok());
         let denied = policy.authorize(&tls("ro"), "CreateSandbox").unwrap_err();
@@ -175,26 +142,15 @@ mod tests {
 
     #[test]
     fn any_client_must_be_explicit() {
-        let closed = Policy::Clients {
-            rules: vec![],
-            any_client: None,
-        };
+        let closed = Policy::Clients { rules: vec![], any_client: None };
         assert!(closed.authorize(&tls("x"), "GetCapabilities").is_err());
-        let open = Policy::Clients {
-            rules: vec![],
-            any_client: Some(Access::Full),
-        };
+        let open = Policy::Clients { rules: vec![], any_client: Some(Access::Full) };
         assert!(open.authorize(&tls("x"), "DeleteSandbox").is_ok());
     }
 
     #[test]
     fn local_callers_are_not_tls_clients() {
-        let policy = Policy::Clients {
-            rules: vec![],
-            any_client: Some(Access::Full),
-        };
-        assert!(policy
-            .authorize(&Caller::Local { uid: 0, pid: None }, "GetCapabilities")
-            .is_err());
+        let policy = Policy::Clients { rules: vec![], any_client: Some(Access::Full) };
+        assert!(policy.authorize(&Caller::Local { uid: 0, pid: None }, "GetCapabilities").is_err());
     }
 }

@@ -30,25 +30,17 @@ impl DriverTarget {
     /// Parses `--driver-url http://HOST:PORT` (an IP address: the relay
     /// does not resolve names for its driver).
     pub fn from_url(text: &str) -> Result<DriverTarget, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e| format!("{text:?} is not a URL ({e}); expected http://127.0.0.1:PORT"))?;
+        let uri: http::Uri =
+            text.parse().map_err(|e| format!("{text:?} is not a URL ({e}); expected http://127.0.0.1:PORT"))?;
         if uri.scheme_str() != Some("http") {
             return Err(format!(
                 "{text:?}: expected http://IP:PORT (the driver hop is local and plaintext; use --driver-socket for a Unix socket)"
             ));
         }
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let ip: std::net::IpAddr = host
-            .parse()
-            .map_err(|_| format!("{text:?}: the host must be an IP address such as 127.0.0.1"))?;
-        let port = uri
-            .port_u16()
-            .ok_or_else(|| format!("{text:?} has no port"))?;
+        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let ip: std::net::IpAddr =
+            host.parse().map_err(|_| format!("{text:?}: the host must be an IP address such as 127.0.0.1"))?;
+        let port = uri.port_u16().ok_or_else(|| format!("{text:?} has no port"))?;
         Ok(DriverTarget::Tcp(SocketAddr::new(ip, port)))
     }
 
@@ -102,22 +94,18 @@ pub async fn start(config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<Ru
         anyhow::bail!("no client may call: give --allow-client ID (dns:NAME, uri:URI or cn:NAME) or, explicitly, --allow-any-client");
     }
     let tls = Arc::new(ArcSwap::from_pointee(server_config(&config.tls)?));
-    let link = Link::new(
-        "driver",
-        vec![driver_target(&config.driver)],
-        config.link.clone(),
-    );
-    let policy = Policy::Clients {
-        rules: config.rules.clone(),
-        any_client: config.any_client,
-    };
-    let forwarder = Forwarder::new(
-        "relay",
-        link,
-        policy,
+    let files = config.tls.clone();
+    crate::tls::reload::spawn(
+        "relay server certificate",
+        files.paths(),
+        files.reload_interval,
+        tls.clone(),
+        move || server_config(&files),
         shutdown.clone(),
-        config.forward.clone(),
     );
+    let link = Link::new("driver", vec![driver_target(&config.driver)], config.link.clone());
+    let policy = Policy::Clients { rules: config.rules.clone(), any_client: config.any_client };
+    let forwarder = Forwarder::new("relay", link, policy, shutdown.clone(), config.forward.clone());
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: cannot bind: {e}", config.listen))?;
@@ -131,19 +119,8 @@ pub async fn start(config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<Ru
         clients = %describe_clients(&config),
         "relay serving"
     );
-    let task = tokio::spawn(crate::listen::tls::run(
-        listener,
-        tls.clone(),
-        forwarder.clone(),
-        config.server,
-        shutdown,
-    ));
-    Ok(RunningRelay {
-        local_addr,
-        forwarder,
-        tls,
-        task,
-    })
+    let task = tokio::spawn(crate::listen::tls::run(listener, tls.clone(), forwarder.clone(), config.server, shutdown));
+    Ok(RunningRelay { local_addr, forwarder, tls, task })
 }
 
 fn driver_target(driver: &DriverTarget) -> Target {
@@ -153,17 +130,9 @@ fn driver_target(driver: &DriverTarget) -> Target {
     };
     let authority = match driver {
         DriverTarget::Unix(_) => Authority::from_static("localhost"),
-        DriverTarget::Tcp(addr) => addr
-            .to_string()
-            .parse()
-            .unwrap_or(Authority::from_static("localhost")),
+        DriverTarget::Tcp(addr) => addr.to_string().parse().unwrap_or(Authority::from_static("localhost")),
     };
-    Target {
-        connector,
-        scheme: Scheme::HTTP,
-        authority,
-        label: driver.label(),
-    }
+    Target { connector, scheme: Scheme::HTTP, authority, label: driver.label() }
 }
 
 fn describe_clients(config: &RelayConfig) -> String {
@@ -193,12 +162,8 @@ mod tests {
             DriverTarget::from_url("http://127.0.0.1:9000").unwrap(),
             DriverTarget::Tcp("127.0.0.1:9000".parse().unwrap())
         );
-        assert!(DriverTarget::from_url("http://[::1]:9000")
-            .unwrap()
-            .is_local());
-        assert!(!DriverTarget::from_url("http://10.0.0.1:9000")
-            .unwrap()
-            .is_local());
+        assert!(DriverTarget::from_url("http://[::1]:9000").unwrap().is_local());
+        assert!(!DriverTarget::from_url("http://10.0.0.1:9000").unwrap().is_local());
         assert!(DriverTarget::from_url("https://127.0.0.1:9000").is_err());
         assert!(DriverTarget::from_url("http://driver:9000").is_err());
     }

@@ -42,9 +42,8 @@ impl std::str::FromStr for Upstream {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e| format!("{text:?} is not a URL ({e}); expected https://HOST:PORT"))?;
+        let uri: http::Uri =
+            text.parse().map_err(|e| format!("{text:?} is not a URL ({e}); expected https://HOST:PORT"))?;
         match uri.scheme_str() {
             Some("https") => {}
             Some(other) => {
@@ -55,18 +54,11 @@ impl std::str::FromStr for Upstream {
             None => return Err(format!("{text:?} has no scheme; expected https://HOST:PORT")),
         }
         if uri.path() != "/" && !uri.path().is_empty() {
-            return Err(format!(
-                "{text:?}: a path is not allowed; expected https://HOST:PORT"
-            ));
+            return Err(format!("{text:?}: a path is not allowed; expected https://HOST:PORT"));
         }
         let host = uri.host().ok_or_else(|| format!("{text:?} has no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri
-            .port_u16()
-            .ok_or_else(|| format!("{text:?} has no port; expected https://HOST:PORT"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = uri.port_u16().ok_or_else(|| format!("{text:?} has no port; expected https://HOST:PORT"))?;
         Ok(Upstream { host, port })
     }
 }
@@ -98,23 +90,23 @@ pub struct RunningShim {
 /// Loads the TLS material, binds the socket and starts serving. Every
 /// problem with the configuration is reported here, before serving.
 pub fn start(config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<RunningShim> {
-    let tls = Arc::new(ArcSwap::from_pointee(client_config(
-        &config.tls,
-        &config.expect_server,
-    )?));
+    let tls = Arc::new(ArcSwap::from_pointee(client_config(&config.tls, &config.expect_server)?));
+    let (files, expect) = (config.tls.clone(), config.expect_server.clone());
+    crate::tls::reload::spawn(
+        "shim client certificate",
+        files.paths(),
+        files.reload_interval,
+        tls.clone(),
+        move || client_config(&files, &expect),
+        shutdown.clone(),
+    );
     let targets = config
         .upstreams
         .iter()
         .map(|upstream| target_for(upstream, config.server_name.as_deref(), &tls))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let link = Link::new("upstream", targets, config.link.clone());
-    let forwarder = Forwarder::new(
-        "shim",
-        link,
-        Policy::LocalPeers,
-        shutdown.clone(),
-        config.forward.clone(),
-    );
+    let forwarder = Forwarder::new("shim", link, Policy::LocalPeers, shutdown.clone(), config.forward.clone());
     let socket = PrivateSocket::bind(&config.socket, &config.allow_uids)?;
     tracing::info!(
         socket = %config.socket.display(),
@@ -123,12 +115,7 @@ pub fn start(config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<RunningSh
         "shim serving"
     );
     let task = tokio::spawn(uds::run(socket, forwarder.clone(), config.server, shutdown));
-    Ok(RunningShim {
-        socket: config.socket,
-        forwarder,
-        tls,
-        task,
-    })
+    Ok(RunningShim { socket: config.socket, forwarder, tls, task })
 }
 
 fn target_for(
@@ -137,19 +124,12 @@ fn target_for(
     tls: &Arc<ArcSwap<rustls::ClientConfig>>,
 ) -> anyhow::Result<Target> {
     let name = server_name.unwrap_or(&upstream.host).to_owned();
-    let server_name = ServerName::try_from(name.clone()).map_err(|_| {
-        anyhow::anyhow!("--server-name {name:?}: not a valid DNS name or IP address")
-    })?;
-    let authority: Authority = upstream
-        .authority()
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--upstream {}: {e}", upstream.authority()))?;
+    let server_name = ServerName::try_from(name.clone())
+        .map_err(|_| anyhow::anyhow!("--server-name {name:?}: not a valid DNS name or IP address"))?;
+    let authority: Authority =
+        upstream.authority().parse().map_err(|e| anyhow::anyhow!("--upstream {}: {e}", upstream.authority()))?;
     Ok(Target {
-        connector: Connector::Tls(TlsConnector {
-            address: upstream.authority(),
-            server_name,
-            config: tls.clone(),
-        }),
+        connector: Connector::Tls(TlsConnector { address: upstream.authority(), server_name, config: tls.clone() }),
         scheme: Scheme::HTTPS,
         authority,
         label: format!("upstream {}", upstream.authority()),
@@ -163,13 +143,7 @@ mod tests {
     #[test]
     fn upstream_urls() {
         let up: Upstream = "https://relay.example:7443".parse().unwrap();
-        assert_eq!(
-            up,
-            Upstream {
-                host: "relay.example".into(),
-                port: 7443
-            }
-        );
+        assert_eq!(up, Upstream { host: "relay.example".into(), port: 7443 });
         let v6: Upstream = "https://[::1]:7443".parse().unwrap();
         assert_eq!(v6.authority(), "[::1]:7443");
         for (bad, why) in [

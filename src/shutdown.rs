@@ -72,13 +72,8 @@ impl Shutdown {
 /// at once.
 pub async fn on_signals(shutdown: Shutdown, drain_timeout: Duration) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!(
-            "cannot install signal handlers; SIGTERM will kill the process without draining"
-        );
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; SIGTERM will kill the process without draining");
         return;
     };
     tokio::select! {

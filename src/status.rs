@@ -61,10 +61,7 @@ pub struct BridgeStatus {
 
 impl BridgeStatus {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        BridgeStatus {
-            code,
-            message: message.into(),
-        }
+        BridgeStatus { code, message: message.into() }
     }
 
     /// `grpc-status` and `grpc-message` as trailer (or header) fields.
@@ -85,10 +82,7 @@ impl BridgeStatus {
     pub fn into_response(self) -> Response<RelayBody> {
         let mut response = Response::new(RelayBody::empty());
         let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         self.write_into(headers);
         response
     }

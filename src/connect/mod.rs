@@ -47,10 +47,7 @@ impl Connector {
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(ConnectError(format!(
-                "no connection within {} ms",
-                timeout.as_millis()
-            ))),
+            Err(_) => Err(ConnectError(format!("no connection within {} ms", timeout.as_millis()))),
         }
     }
 }
@@ -58,9 +55,7 @@ impl Connector {
 /// TCP with Nagle off (gRPC frames are small and latency-bound) and
 /// keepalive on, so the kernel also notices a peer that vanished.
 pub async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| ConnectError(describe_io_error(&e)))?;
+    let stream = TcpStream::connect(addr).await.map_err(|e| ConnectError(describe_io_error(&e)))?;
     tune_tcp(&stream);
     Ok(stream)
 }
@@ -69,9 +64,8 @@ pub async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
 pub fn tune_tcp(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     let sock = socket2::SockRef::from(stream);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(10))
-        .with_interval(Duration::from_secs(5));
+    let keepalive =
+        socket2::TcpKeepalive::new().with_time(Duration::from_secs(10)).with_interval(Duration::from_secs(5));
     let _ = sock.set_tcp_keepalive(&keepalive);
 }
 

@@ -34,10 +34,7 @@ impl TlsConnector {
                     let connector = RustlsConnector::from(self.config.load_full());
                     return match connector.connect(self.server_name.clone(), tcp).await {
                         Ok(stream) => Ok(Box::new(stream)),
-                        Err(e) => Err(ConnectError(format!(
-                            "TLS handshake failed: {}",
-                            describe_tls_io_error(&e)
-                        ))),
+                        Err(e) => Err(ConnectError(format!("TLS handshake failed: {}", describe_tls_io_error(&e)))),
                     };
                 }
                 Err(e) => last = e,

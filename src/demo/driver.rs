@@ -23,15 +23,13 @@ use crate::proto::compute::compute_driver_server::{ComputeDriver, ComputeDriverS
 use crate::proto::compute::gateway_listener_requirement::Selector;
 use crate::proto::compute::watch_sandboxes_event::Payload;
 use crate::proto::compute::{
-    CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse,
-    DeleteWorkspaceRequest, DeleteWorkspaceResponse, DriverCondition, DriverPlatformEvent,
-    DriverSandbox, DriverSandboxStatus, EnsureWorkspaceRequest, EnsureWorkspaceResponse,
-    GatewayListenerRequirement, GatewayLoopbackInterfaceRequirement, GetCapabilitiesRequest,
-    GetCapabilitiesResponse, GetGatewayListenerRequirementsRequest,
-    GetGatewayListenerRequirementsResponse, GetSandboxRequest, GetSandboxResponse,
-    ListSandboxesRequest, ListSandboxesResponse, StartSandboxRequest, StartSandboxResponse,
-    StopSandboxRequest, StopSandboxResponse, ValidateSandboxCreateRequest,
-    ValidateSandboxCreateResponse, WatchSandboxesDeletedEvent, WatchSandboxesEvent,
+    CreateSandboxRequest, CreateSandboxResponse, DeleteSandboxRequest, DeleteSandboxResponse, DeleteWorkspaceRequest,
+    DeleteWorkspaceResponse, DriverCondition, DriverPlatformEvent, DriverSandbox, DriverSandboxStatus,
+    EnsureWorkspaceRequest, EnsureWorkspaceResponse, GatewayListenerRequirement, GatewayLoopbackInterfaceRequirement,
+    GetCapabilitiesRequest, GetCapabilitiesResponse, GetGatewayListenerRequirementsRequest,
+    GetGatewayListenerRequirementsResponse, GetSandboxRequest, GetSandboxResponse, ListSandboxesRequest,
+    ListSandboxesResponse, StartSandboxRequest, StartSandboxResponse, StopSandboxRequest, StopSandboxResponse,
+    ValidateSandboxCreateRequest, ValidateSandboxCreateResponse, WatchSandboxesDeletedEvent, WatchSandboxesEvent,
     WatchSandboxesPlatformEvent, WatchSandboxesRequest, WatchSandboxesSandboxEvent,
 };
 
@@ -167,13 +165,7 @@ impl DemoDriver {
 
     fn build(opts: DemoOptions, event_buffer: usize) -> Self {
         let (events, _) = broadcast::channel(event_buffer);
-        Self {
-            inner: Arc::new(Inner {
-                opts,
-                state: Mutex::new(State::default()),
-                events,
-            }),
-        }
+        Self { inner: Arc::new(Inner { opts, state: Mutex::new(State::default()), events }) }
     }
 
     /// Wraps the driver in a tonic service ready to be served.
@@ -233,10 +225,7 @@ impl DemoDriver {
     /// Completes an asynchronous delete.
     fn finish_delete(&self, id: &str, instance_id: &str) {
         let mut state = self.lock();
-        let same_instance = state
-            .sandboxes
-            .get(id)
-            .is_some_and(|sandbox| instance_of(sandbox) == instance_id);
+        let same_instance = state.sandboxes.get(id).is_some_and(|sandbox| instance_of(sandbox) == instance_id);
         if !same_instance {
             return;
         }
@@ -265,9 +254,7 @@ impl DemoDriver {
             // starting it is not possible.
             return match phase {
                 Phase::Stopped => Ok(()),
-                _ => Err(Status::failed_precondition(format!(
-                    "sandbox {key} is being deleted"
-                ))),
+                _ => Err(Status::failed_precondition(format!("sandbox {key} is being deleted"))),
             };
         }
         self.enter_phase(sandbox, phase);
@@ -295,16 +282,11 @@ impl ComputeDriver for DemoDriver {
         &self,
         _request: Request<GetGatewayListenerRequirementsRequest>,
     ) -> Result<Response<GetGatewayListenerRequirementsResponse>, Status> {
-        debug!(
-            method = "GetGatewayListenerRequirements",
-            "demo driver call"
-        );
+        debug!(method = "GetGatewayListenerRequirements", "demo driver call");
         Ok(Response::new(GetGatewayListenerRequirementsResponse {
             requirements: vec![GatewayListenerRequirement {
                 reason: "demo driver runs sandboxes on this host".to_owned(),
-                selector: Some(Selector::LoopbackInterface(
-                    GatewayLoopbackInterfaceRequirement {},
-                )),
+                selector: Some(Selector::LoopbackInterface(GatewayLoopbackInterfaceRequirement {})),
             }],
         }))
     }
@@ -314,31 +296,19 @@ impl ComputeDriver for DemoDriver {
         request: Request<ValidateSandboxCreateRequest>,
     ) -> Result<Response<ValidateSandboxCreateResponse>, Status> {
         let sandbox = request.into_inner().sandbox;
-        debug!(
-            method = "ValidateSandboxCreate",
-            sandbox_id = sandbox_id_of(sandbox.as_ref()),
-            "demo driver call"
-        );
+        debug!(method = "ValidateSandboxCreate", sandbox_id = sandbox_id_of(sandbox.as_ref()), "demo driver call");
         validate_create(&self.lock(), &require_sandbox(sandbox)?)?;
         Ok(Response::new(ValidateSandboxCreateResponse {}))
     }
 
-    async fn get_sandbox(
-        &self,
-        request: Request<GetSandboxRequest>,
-    ) -> Result<Response<GetSandboxResponse>, Status> {
-        let GetSandboxRequest {
-            sandbox_id,
-            sandbox_name,
-        } = request.into_inner();
+    async fn get_sandbox(&self, request: Request<GetSandboxRequest>) -> Result<Response<GetSandboxResponse>, Status> {
+        let GetSandboxRequest { sandbox_id, sandbox_name } = request.into_inner();
         debug!(method = "GetSandbox", %sandbox_id, %sandbox_name, "demo driver call");
         let state = self.lock();
         let sandbox = resolve(&state, &sandbox_id, &sandbox_name)?
             .and_then(|key| state.sandboxes.get(&key).cloned())
             .ok_or_else(|| not_found(&sandbox_id, &sandbox_name))?;
-        Ok(Response::new(GetSandboxResponse {
-            sandbox: Some(sandbox),
-        }))
+        Ok(Response::new(GetSandboxResponse { sandbox: Some(sandbox) }))
     }
 
     async fn list_sandboxes(
@@ -355,11 +325,7 @@ impl ComputeDriver for DemoDriver {
         request: Request<CreateSandboxRequest>,
     ) -> Result<Response<CreateSandboxResponse>, Status> {
         let sandbox = request.into_inner().sandbox;
-        debug!(
-            method = "CreateSandbox",
-            sandbox_id = sandbox_id_of(sandbox.as_ref()),
-            "demo driver call"
-        );
+        debug!(method = "CreateSandbox", sandbox_id = sandbox_id_of(sandbox.as_ref()), "demo driver call");
         let (id, instance_id) = {
             let sandbox = require_sandbox(sandbox)?;
             let mut state = self.lock();
@@ -372,9 +338,7 @@ impl ComputeDriver for DemoDriver {
             state.sandboxes.insert(id.clone(), stored);
             (id, instance_id)
         };
-        self.spawn_after(self.inner.opts.provision_delay, move |driver| {
-            driver.finish_provisioning(&id, &instance_id)
-        });
+        self.spawn_after(self.inner.opts.provision_delay, move |driver| driver.finish_provisioning(&id, &instance_id));
         Ok(Response::new(CreateSandboxResponse {}))
     }
 
@@ -382,10 +346,7 @@ impl ComputeDriver for DemoDriver {
         &self,
         request: Request<StopSandboxRequest>,
     ) -> Result<Response<StopSandboxResponse>, Status> {
-        let StopSandboxRequest {
-            sandbox_id,
-            sandbox_name,
-        } = request.into_inner();
+        let StopSandboxRequest { sandbox_id, sandbox_name } = request.into_inner();
         debug!(method = "StopSandbox", %sandbox_id, %sandbox_name, "demo driver call");
         self.change_phase(&sandbox_id, &sandbox_name, Phase::Stopped)?;
         Ok(Response::new(StopSandboxResponse {}))
@@ -395,10 +356,7 @@ impl ComputeDriver for DemoDriver {
         &self,
         request: Request<StartSandboxRequest>,
     ) -> Result<Response<StartSandboxResponse>, Status> {
-        let StartSandboxRequest {
-            sandbox_id,
-            sandbox_name,
-        } = request.into_inner();
+        let StartSandboxRequest { sandbox_id, sandbox_name } = request.into_inner();
         debug!(method = "StartSandbox", %sandbox_id, %sandbox_name, "demo driver call");
         self.change_phase(&sandbox_id, &sandbox_name, Phase::Running)?;
         Ok(Response::new(StartSandboxResponse {}))
@@ -408,10 +366,7 @@ impl ComputeDriver for DemoDriver {
         &self,
         request: Request<DeleteSandboxRequest>,
     ) -> Result<Response<DeleteSandboxResponse>, Status> {
-        let DeleteSandboxRequest {
-            sandbox_id,
-            sandbox_name,
-        } = request.into_inner();
+        let DeleteSandboxRequest { sandbox_id, sandbox_name } = request.into_inner();
         debug!(method = "DeleteSandbox", %sandbox_id, %sandbox_name, "demo driver call");
         let (key, instance_id) = {
             let mut state = self.lock();
@@ -429,9 +384,7 @@ impl ComputeDriver for DemoDriver {
             self.emit(snapshot_event(sandbox));
             (key, instance_of(sandbox).to_owned())
         };
-        self.spawn_after(DELETE_DELAY, move |driver| {
-            driver.finish_delete(&key, &instance_id)
-        });
+        self.spawn_after(DELETE_DELAY, move |driver| driver.finish_delete(&key, &instance_id));
         Ok(Response::new(DeleteSandboxResponse { deleted: true }))
     }
 
@@ -514,28 +467,17 @@ fn validate_create(state: &State, sandbox: &DriverSandbox) -> Result<(), Status>
         .map(|template| template.image.as_str())
         .unwrap_or_default();
     if image.is_empty() {
-        return Err(Status::invalid_argument(
-            "sandbox.spec.template.image is required",
-        ));
+        return Err(Status::invalid_argument("sandbox.spec.template.image is required"));
     }
     // The same id is a clash even while the old one is being deleted: its
     // pending removal would otherwise race the new sandbox.
     if state.sandboxes.contains_key(&sandbox.id) {
-        return Err(Status::already_exists(format!(
-            "sandbox {} already exists",
-            sandbox.id
-        )));
+        return Err(Status::already_exists(format!("sandbox {} already exists", sandbox.id)));
     }
     let name_taken = !sandbox.name.is_empty()
-        && state
-            .sandboxes
-            .values()
-            .any(|other| other.name == sandbox.name && !is_deleting(other));
+        && state.sandboxes.values().any(|other| other.name == sandbox.name && !is_deleting(other));
     if name_taken {
-        return Err(Status::already_exists(format!(
-            "a sandbox named {} already exists",
-            sandbox.name
-        )));
+        return Err(Status::already_exists(format!("a sandbox named {} already exists", sandbox.name)));
     }
     Ok(())
 }
@@ -562,9 +504,7 @@ fn resolve(state: &State, id: &str, name: &str) -> Result<Option<String>, Status
         return Ok(state.sandboxes.contains_key(id).then(|| id.to_owned()));
     }
     if name.is_empty() {
-        return Err(Status::invalid_argument(
-            "sandbox_id or sandbox_name is required",
-        ));
+        return Err(Status::invalid_argument("sandbox_id or sandbox_name is required"));
     }
     Ok(state
         .sandboxes
@@ -593,27 +533,15 @@ fn status_mut(sandbox: &mut DriverSandbox) -> &mut DriverSandboxStatus {
 }
 
 fn is_deleting(sandbox: &DriverSandbox) -> bool {
-    sandbox
-        .status
-        .as_ref()
-        .is_some_and(|status| status.deleting)
+    sandbox.status.as_ref().is_some_and(|status| status.deleting)
 }
 
 fn instance_of(sandbox: &DriverSandbox) -> &str {
-    sandbox
-        .status
-        .as_ref()
-        .map(|status| status.instance_id.as_str())
-        .unwrap_or("")
+    sandbox.status.as_ref().map(|status| status.instance_id.as_str()).unwrap_or("")
 }
 
 fn ready_condition(sandbox: &DriverSandbox) -> Option<&DriverCondition> {
-    sandbox
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|condition| condition.r#type == READY_CONDITION)
+    sandbox.status.as_ref()?.conditions.iter().find(|condition| condition.r#type == READY_CONDITION)
 }
 
 fn current_phase(sandbox: &DriverSandbox) -> Option<Phase> {
@@ -624,15 +552,9 @@ fn current_phase(sandbox: &DriverSandbox) -> Option<Phase> {
 /// time moves only when the status itself flips, not on a new reason.
 fn set_ready_condition(sandbox: &mut DriverSandbox, phase: Phase) {
     let status = status_mut(sandbox);
-    let position = status
-        .conditions
-        .iter()
-        .position(|condition| condition.r#type == READY_CONDITION);
+    let position = status.conditions.iter().position(|condition| condition.r#type == READY_CONDITION);
     let index = position.unwrap_or_else(|| {
-        status.conditions.push(DriverCondition {
-            r#type: READY_CONDITION.to_owned(),
-            ..Default::default()
-        });
+        status.conditions.push(DriverCondition { r#type: READY_CONDITION.to_owned(), ..Default::default() });
         status.conditions.len() - 1
     });
     let condition = &mut status.conditions[index];
@@ -646,18 +568,12 @@ fn set_ready_condition(sandbox: &mut DriverSandbox, phase: Phase) {
 
 fn snapshot_event(sandbox: &DriverSandbox) -> WatchSandboxesEvent {
     WatchSandboxesEvent {
-        payload: Some(Payload::Sandbox(WatchSandboxesSandboxEvent {
-            sandbox: Some(sandbox.clone()),
-        })),
+        payload: Some(Payload::Sandbox(WatchSandboxesSandboxEvent { sandbox: Some(sandbox.clone()) })),
     }
 }
 
 fn deleted_event(id: &str) -> WatchSandboxesEvent {
-    WatchSandboxesEvent {
-        payload: Some(Payload::Deleted(WatchSandboxesDeletedEvent {
-            sandbox_id: id.to_owned(),
-        })),
-    }
+    WatchSandboxesEvent { payload: Some(Payload::Deleted(WatchSandboxesDeletedEvent { sandbox_id: id.to_owned() })) }
 }
 
 fn platform_event(sandbox: &DriverSandbox, reason: &str, message: &str) -> WatchSandboxesEvent {
@@ -680,9 +596,7 @@ fn platform_event(sandbox: &DriverSandbox, reason: &str, message: &str) -> Watch
 fn rfc3339_now() -> String {
     // Formatting fails only for years outside 0..=9999; an empty time is a
     // better answer than failing the call.
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_default()
+    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
 }
 
 fn unix_millis_now() -> i64 {
@@ -701,10 +615,7 @@ mod tests {
     const TOKEN: &str = "eyJ.secret.token";
 
     fn driver() -> DemoDriver {
-        DemoDriver::with_options(DemoOptions {
-            provision_delay: Duration::from_millis(20),
-            ..Default::default()
-        })
+        DemoDriver::with_options(DemoOptions { provision_delay: Duration::from_millis(20), ..Default::default() })
     }
 
     fn sandbox(id: &str, name: &str, image: &str) -> DriverSandbox {
@@ -713,10 +624,7 @@ mod tests {
             name: name.to_owned(),
             spec: Some(DriverSandboxSpec {
                 sandbox_token: TOKEN.to_owned(),
-                template: Some(DriverSandboxTemplate {
-                    image: image.to_owned(),
-                    ..Default::default()
-                }),
+                template: Some(DriverSandboxTemplate { image: image.to_owned(), ..Default::default() }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -725,39 +633,28 @@ mod tests {
 
     async fn create(driver: &DemoDriver, id: &str, name: &str) {
         driver
-            .create_sandbox(Request::new(CreateSandboxRequest {
-                sandbox: Some(sandbox(id, name, "img")),
-            }))
+            .create_sandbox(Request::new(CreateSandboxRequest { sandbox: Some(sandbox(id, name, "img")) }))
             .await
             .expect("create");
     }
 
     async fn get(driver: &DemoDriver, id: &str) -> Result<DriverSandbox, Status> {
         let response = driver
-            .get_sandbox(Request::new(GetSandboxRequest {
-                sandbox_id: id.to_owned(),
-                sandbox_name: String::new(),
-            }))
+            .get_sandbox(Request::new(GetSandboxRequest { sandbox_id: id.to_owned(), sandbox_name: String::new() }))
             .await?;
         Ok(response.into_inner().sandbox.expect("sandbox in response"))
     }
 
     async fn stop(driver: &DemoDriver, id: &str) -> Result<(), Status> {
         driver
-            .stop_sandbox(Request::new(StopSandboxRequest {
-                sandbox_id: id.to_owned(),
-                sandbox_name: String::new(),
-            }))
+            .stop_sandbox(Request::new(StopSandboxRequest { sandbox_id: id.to_owned(), sandbox_name: String::new() }))
             .await
             .map(|_| ())
     }
 
     async fn start(driver: &DemoDriver, id: &str) -> Result<(), Status> {
         driver
-            .start_sandbox(Request::new(StartSandboxRequest {
-                sandbox_id: id.to_owned(),
-                sandbox_name: String::new(),
-            }))
+            .start_sandbox(Request::new(StartSandboxRequest { sandbox_id: id.to_owned(), sandbox_name: String::new() }))
             .await
             .map(|_| ())
     }
@@ -775,11 +672,7 @@ mod tests {
     }
 
     async fn watch(driver: &DemoDriver) -> WatchStream {
-        driver
-            .watch_sandboxes(Request::new(WatchSandboxesRequest {}))
-            .await
-            .expect("watch")
-            .into_inner()
+        driver.watch_sandboxes(Request::new(WatchSandboxesRequest {})).await.expect("watch").into_inner()
     }
 
     async fn next(stream: &mut WatchStream) -> WatchSandboxesEvent {
@@ -824,10 +717,9 @@ mod tests {
 
     fn platform_of(event: &WatchSandboxesEvent) -> (&str, &DriverPlatformEvent) {
         match &event.payload {
-            Some(Payload::PlatformEvent(platform)) => (
-                platform.sandbox_id.as_str(),
-                platform.event.as_ref().expect("event"),
-            ),
+            Some(Payload::PlatformEvent(platform)) => {
+                (platform.sandbox_id.as_str(), platform.event.as_ref().expect("event"))
+            }
             other => panic!("expected platform event, got {other:?}"),
         }
     }
@@ -835,30 +727,21 @@ mod tests {
     #[tokio::test]
     async fn capabilities_and_listener_requirements() {
         let driver = DemoDriver::new();
-        let caps = driver
-            .get_capabilities(Request::new(GetCapabilitiesRequest {}))
-            .await
-            .expect("caps")
-            .into_inner();
+        let caps = driver.get_capabilities(Request::new(GetCapabilitiesRequest {})).await.expect("caps").into_inner();
         assert_eq!(caps.driver_name, "demo");
         assert_eq!(caps.driver_version, env!("CARGO_PKG_VERSION"));
         assert_eq!(caps.default_image, "openshell/sandbox:latest");
         assert!(caps.gateway_manages_lifecycle);
 
         let reqs = driver
-            .get_gateway_listener_requirements(Request::new(
-                GetGatewayListenerRequirementsRequest {},
-            ))
+            .get_gateway_listener_requirements(Request::new(GetGatewayListenerRequirementsRequest {}))
             .await
             .expect("requirements")
             .into_inner()
             .requirements;
         assert_eq!(reqs.len(), 1);
         assert_eq!(reqs[0].reason, "demo driver runs sandboxes on this host");
-        assert!(matches!(
-            reqs[0].selector,
-            Some(Selector::LoopbackInterface(_))
-        ));
+        assert!(matches!(reqs[0].selector, Some(Selector::LoopbackInterface(_))));
     }
 
     #[tokio::test]
@@ -871,25 +754,17 @@ mod tests {
         let cases = [
             (None, "sandbox is required"),
             (Some(sandbox("", "one", "img")), "sandbox.id"),
-            (
-                Some(sandbox("s1", "one", "")),
-                "sandbox.spec.template.image",
-            ),
+            (Some(sandbox("s1", "one", "")), "sandbox.spec.template.image"),
             (Some(no_template), "sandbox.spec.template.image"),
         ];
         for (sandbox, field) in cases {
             let err = driver
-                .validate_sandbox_create(Request::new(ValidateSandboxCreateRequest {
-                    sandbox: sandbox.clone(),
-                }))
+                .validate_sandbox_create(Request::new(ValidateSandboxCreateRequest { sandbox: sandbox.clone() }))
                 .await
                 .expect_err("invalid");
             assert_eq!(err.code(), Code::InvalidArgument);
             assert!(err.message().contains(field), "{}", err.message());
-            let err = driver
-                .create_sandbox(Request::new(CreateSandboxRequest { sandbox }))
-                .await
-                .expect_err("invalid");
+            let err = driver.create_sandbox(Request::new(CreateSandboxRequest { sandbox })).await.expect_err("invalid");
             assert_eq!(err.code(), Code::InvalidArgument);
         }
         assert_eq!(driver.sandbox_count(), 0);
@@ -914,9 +789,7 @@ mod tests {
                 .expect_err("duplicate");
             assert_eq!(err.code(), Code::AlreadyExists);
             let err = driver
-                .create_sandbox(Request::new(CreateSandboxRequest {
-                    sandbox: Some(candidate),
-                }))
+                .create_sandbox(Request::new(CreateSandboxRequest { sandbox: Some(candidate) }))
                 .await
                 .expect_err("duplicate");
             assert_eq!(err.code(), Code::AlreadyExists);
@@ -935,18 +808,13 @@ mod tests {
         let status = provisioning.status.clone().expect("status");
         assert_eq!(status.sandbox_name, "one");
         assert_eq!(status.instance_id, "demo-1");
-        assert_eq!(
-            ready(&provisioning),
-            ("False".into(), "Provisioning".into())
-        );
+        assert_eq!(ready(&provisioning), ("False".into(), "Provisioning".into()));
         let spec = provisioning.spec.as_ref().expect("spec");
         assert!(spec.sandbox_token.is_empty(), "token must not be echoed");
 
         let running = wait_ready(&driver, "s1").await;
         assert_eq!(ready(&running), ("True".into(), "Running".into()));
-        let time = &ready_condition(&running)
-            .expect("Ready")
-            .last_transition_time;
+        let time = &ready_condition(&running).expect("Ready").last_transition_time;
         assert!(time.contains('T') && time.ends_with('Z'), "{time}");
 
         let first = next(&mut watch).await;
@@ -955,11 +823,7 @@ mod tests {
         let (id, event) = platform_of(&scheduled);
         assert_eq!(id, "s1");
         assert_eq!(
-            (
-                event.source.as_str(),
-                event.r#type.as_str(),
-                event.reason.as_str()
-            ),
+            (event.source.as_str(), event.r#type.as_str(), event.reason.as_str()),
             ("demo-driver", "Normal", "Scheduled")
         );
         assert!(event.timestamp_ms > 1_600_000_000_000);
@@ -993,10 +857,8 @@ mod tests {
 
     #[tokio::test]
     async fn stop_during_provisioning_stays_stopped() {
-        let driver = DemoDriver::with_options(DemoOptions {
-            provision_delay: Duration::from_millis(50),
-            ..Default::default()
-        });
+        let driver =
+            DemoDriver::with_options(DemoOptions { provision_delay: Duration::from_millis(50), ..Default::default() });
         create(&driver, "s1", "one").await;
         stop(&driver, "s1").await.expect("stop");
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -1016,10 +878,7 @@ mod tests {
             .await
             .expect("stop by name");
         let sandbox = driver
-            .get_sandbox(Request::new(GetSandboxRequest {
-                sandbox_id: String::new(),
-                sandbox_name: "one".to_owned(),
-            }))
+            .get_sandbox(Request::new(GetSandboxRequest { sandbox_id: String::new(), sandbox_name: "one".to_owned() }))
             .await
             .expect("get by name")
             .into_inner()
@@ -1071,10 +930,9 @@ mod tests {
         let err = get(&driver, "ghost").await.expect_err("missing");
         assert_eq!(err.code(), Code::NotFound);
         assert!(err.message().contains("ghost"), "{}", err.message());
-        for err in [
-            stop(&driver, "ghost").await.expect_err("missing"),
-            start(&driver, "ghost").await.expect_err("missing"),
-        ] {
+        for err in
+            [stop(&driver, "ghost").await.expect_err("missing"), start(&driver, "ghost").await.expect_err("missing")]
+        {
             assert_eq!(err.code(), Code::NotFound);
             assert!(err.message().contains("ghost"));
         }
@@ -1138,13 +996,8 @@ mod tests {
 
     #[tokio::test]
     async fn lagging_watcher_is_ended_with_an_error() {
-        let driver = DemoDriver::build(
-            DemoOptions {
-                provision_delay: Duration::from_secs(60),
-                ..Default::default()
-            },
-            2,
-        );
+        let driver =
+            DemoDriver::build(DemoOptions { provision_delay: Duration::from_secs(60), ..Default::default() }, 2);
         let mut watch = watch(&driver).await;
         for id in ["a", "b", "c"] {
             create(&driver, id, id).await;
@@ -1163,24 +1016,16 @@ mod tests {
     #[tokio::test]
     async fn workspaces_are_idempotent() {
         let driver = driver();
-        let ensure = |name: &str| {
-            driver.ensure_workspace(Request::new(EnsureWorkspaceRequest {
-                workspace: name.to_owned(),
-            }))
-        };
+        let ensure =
+            |name: &str| driver.ensure_workspace(Request::new(EnsureWorkspaceRequest { workspace: name.to_owned() }));
         ensure("ws").await.expect("ensure");
         ensure("ws").await.expect("ensure again");
-        assert_eq!(
-            ensure("").await.expect_err("empty").code(),
-            Code::InvalidArgument
-        );
+        assert_eq!(ensure("").await.expect_err("empty").code(), Code::InvalidArgument);
         assert!(driver.lock().workspaces.contains("ws"));
 
         for _ in 0..2 {
             driver
-                .delete_workspace(Request::new(DeleteWorkspaceRequest {
-                    workspace: "ws".to_owned(),
-                }))
+                .delete_workspace(Request::new(DeleteWorkspaceRequest { workspace: "ws".to_owned() }))
                 .await
                 .expect("delete workspace");
         }

@@ -24,19 +24,12 @@ pub fn serve_driver(
 
 /// Serves `driver` on a private socket at `socket` until the shutdown
 /// stops it; the socket file is removed when serving ends.
-pub fn serve(
-    socket: &Path,
-    driver: DemoDriver,
-    shutdown: Shutdown,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub fn serve(socket: &Path, driver: DemoDriver, shutdown: Shutdown) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = PrivateSocket::bind(socket, &[])?;
     tracing::info!(socket = %socket.display(), "demo driver serving");
     let server = tonic::transport::Server::builder()
         .add_service(driver.into_server())
-        .serve_with_incoming_shutdown(
-            listener.into_incoming(),
-            shutdown.draining().clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(listener.into_incoming(), shutdown.draining().clone().cancelled_owned());
     let stopping = shutdown.stopping().clone();
     Ok(tokio::spawn(async move {
         tokio::select! {

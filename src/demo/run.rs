@@ -22,9 +22,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (dir, _cleanup) = match args.dir {
         Some(dir) => (dir, None),
         None => {
-            let temp = tempfile::Builder::new()
-                .prefix("openshell-bridge-demo-")
-                .tempdir()?;
+            let temp = tempfile::Builder::new().prefix("openshell-bridge-demo-").tempdir()?;
             (temp.path().to_path_buf(), Some(temp))
         }
     };
@@ -35,8 +33,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let shim_socket = dir.join("shim").join("compute-driver.sock");
 
     let shutdown = Shutdown::new();
-    let driver_task =
-        crate::demo::serve_driver(&driver_socket, Default::default(), shutdown.clone())?;
+    let driver_task = crate::demo::serve_driver(&driver_socket, Default::default(), shutdown.clone())?;
     let relay = crate::relay::start(
         RelayConfig {
             listen: "127.0.0.1:0".parse()?,
@@ -44,9 +41,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             unsafe_driver_target: false,
             tls: tls_files(&pki.ca, &pki.server_cert, &pki.server_key),
             rules: vec![Rule {
-                pattern: "dns:openshell-gateway"
-                    .parse()
-                    .map_err(anyhow::Error::msg)?,
+                pattern: "dns:openshell-gateway".parse().map_err(anyhow::Error::msg)?,
                 access: Access::Full,
             }],
             any_client: None,
@@ -58,10 +53,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     )
     .await?;
-    let upstream = Upstream {
-        host: "127.0.0.1".into(),
-        port: relay.local_addr.port(),
-    };
+    let upstream = Upstream { host: "127.0.0.1".into(), port: relay.local_addr.port() };
     let shim = crate::shim::start(
         ShimConfig {
             socket: shim_socket.clone(),
@@ -84,27 +76,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let steps = crate::demo::smoke::run(&shim_socket).await;
         for step in &steps {
             match &step.outcome {
-                Ok(detail) => println!(
-                    "  ok    {:<32} {:>5} ms  {detail}",
-                    step.name,
-                    step.elapsed.as_millis()
-                ),
-                Err(error) => println!(
-                    "  FAIL  {:<32} {:>5} ms  {error}",
-                    step.name,
-                    step.elapsed.as_millis()
-                ),
+                Ok(detail) => println!("  ok    {:<32} {:>5} ms  {detail}", step.name, step.elapsed.as_millis()),
+                Err(error) => println!("  FAIL  {:<32} {:>5} ms  {error}", step.name, step.elapsed.as_millis()),
             }
         }
         let passed = crate::demo::smoke::passed(&steps);
-        println!(
-            "smoke: {}",
-            if passed {
-                "every step behaved"
-            } else {
-                "FAILED"
-            }
-        );
+        println!("smoke: {}", if passed { "every step behaved" } else { "FAILED" });
         shutdown.begin(Duration::from_millis(500));
         if passed {
             ExitCode::SUCCESS
@@ -132,6 +109,7 @@ fn tls_files(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path
         key: key.to_path_buf(),
         allow_loose_key_permissions: false,
         tls12: false,
+        reload_interval: std::time::Duration::from_millis(200),
     }
 }
 
@@ -146,18 +124,15 @@ fn print_summary(
     println!("openshell-driver-bridge demo ({})", dir.display());
     println!("  gateway --UDS--> shim ==mTLS 1.3==> relay --UDS--> demo-driver");
     println!("  shim socket   {}", socket.display());
-    println!("  relay         https://{} (server cert: localhost; client allowed: dns:openshell-gateway)", upstream.authority());
+    println!(
+        "  relay         https://{} (server cert: localhost; client allowed: dns:openshell-gateway)",
+        upstream.authority()
+    );
     println!("  demo driver   {}", driver_socket.display());
     println!("  certificates  {}", dir.join("certs").display());
     println!();
     println!("Point an OpenShell gateway at the shim (as the same user):");
-    println!(
-        "  --drivers demo --compute-driver-socket={}",
-        socket.display()
-    );
-    println!(
-        "  (or OPENSHELL_COMPUTE_DRIVER_SOCKET={})",
-        socket.display()
-    );
+    println!("  --drivers demo --compute-driver-socket={}", socket.display());
+    println!("  (or OPENSHELL_COMPUTE_DRIVER_SOCKET={})", socket.display());
     println!();
 }

@@ -26,17 +26,12 @@ pub struct Step {
 pub async fn run(path: &Path) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut session = match timed("connect", &mut steps, async {
-        let client = crate::client::driver_client(path)
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
+        let client = crate::client::driver_client(path).await.map_err(|e| format!("cannot connect: {e}"))?;
         Ok((client, format!("connected to {}", path.display())))
     })
     .await
     {
-        Some(client) => Session {
-            client,
-            watch: None,
-        },
+        Some(client) => Session { client, watch: None },
         None => return steps,
     };
     let _ = session.script(&mut steps).await;
@@ -54,15 +49,8 @@ impl Session {
     async fn script(&mut self, steps: &mut Vec<Step>) -> Option<()> {
         let mut client = self.client.clone();
         timed("GetCapabilities", steps, async {
-            let caps = client
-                .get_capabilities(GetCapabilitiesRequest {})
-                .await
-                .map_err(show)?
-                .into_inner();
-            Ok((
-                caps.clone(),
-                format!("driver {} {}", caps.driver_name, caps.driver_version),
-            ))
+            let caps = client.get_capabilities(GetCapabilitiesRequest {}).await.map_err(show)?.into_inner();
+            Ok((caps.clone(), format!("driver {} {}", caps.driver_name, caps.driver_version)))
         })
         .await?;
         timed("GetGatewayListenerRequirements", steps, async {
@@ -75,69 +63,46 @@ impl Session {
         })
         .await?;
         let watch = timed("WatchSandboxes (open)", steps, async {
-            let stream = client
-                .watch_sandboxes(WatchSandboxesRequest {})
-                .await
-                .map_err(show)?
-                .into_inner();
+            let stream = client.watch_sandboxes(WatchSandboxesRequest {}).await.map_err(show)?.into_inner();
             Ok((stream, "stream open".to_string()))
         })
         .await?;
         self.watch = Some(watch);
         timed("ValidateSandboxCreate", steps, async {
             client
-                .validate_sandbox_create(ValidateSandboxCreateRequest {
-                    sandbox: Some(sandbox()),
-                })
+                .validate_sandbox_create(ValidateSandboxCreateRequest { sandbox: Some(sandbox()) })
                 .await
                 .map_err(show)?;
             Ok(((), "accepted".to_string()))
         })
         .await?;
         timed("CreateSandbox", steps, async {
-            client
-                .create_sandbox(CreateSandboxRequest {
-                    sandbox: Some(sandbox()),
-                })
-                .await
-                .map_err(show)?;
+            client.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox()) }).await.map_err(show)?;
             Ok(((), format!("created {ID}")))
         })
         .await?;
-        self.expect_ready("watch: Ready=True", steps, "True")
-            .await?;
+        self.expect_ready("watch: Ready=True", steps, "True").await?;
         timed("StopSandbox", steps, async {
             client
-                .stop_sandbox(StopSandboxRequest {
-                    sandbox_id: ID.into(),
-                    ..Default::default()
-                })
+                .stop_sandbox(StopSandboxRequest { sandbox_id: ID.into(), ..Default::default() })
                 .await
                 .map_err(show)?;
             Ok(((), "stopped".to_string()))
         })
         .await?;
-        self.expect_ready("watch: Ready=False", steps, "False")
-            .await?;
+        self.expect_ready("watch: Ready=False", steps, "False").await?;
         timed("StartSandbox", steps, async {
             client
-                .start_sandbox(StartSandboxRequest {
-                    sandbox_id: ID.into(),
-                    ..Default::default()
-                })
+                .start_sandbox(StartSandboxRequest { sandbox_id: ID.into(), ..Default::default() })
                 .await
                 .map_err(show)?;
             Ok(((), "started".to_string()))
         })
         .await?;
-        self.expect_ready("watch: Ready=True again", steps, "True")
-            .await?;
+        self.expect_ready("watch: Ready=True again", steps, "True").await?;
         timed("GetSandbox", steps, async {
             let got = client
-                .get_sandbox(GetSandboxRequest {
-                    sandbox_id: ID.into(),
-                    ..Default::default()
-                })
+                .get_sandbox(GetSandboxRequest { sandbox_id: ID.into(), ..Default::default() })
                 .await
                 .map_err(show)?
                 .into_inner();
@@ -147,10 +112,7 @@ impl Session {
         .await?;
         timed("DeleteSandbox", steps, async {
             let deleted = client
-                .delete_sandbox(DeleteSandboxRequest {
-                    sandbox_id: ID.into(),
-                    ..Default::default()
-                })
+                .delete_sandbox(DeleteSandboxRequest { sandbox_id: ID.into(), ..Default::default() })
                 .await
                 .map_err(show)?
                 .into_inner()
@@ -164,30 +126,18 @@ impl Session {
         .await?;
         self.expect_deleted(steps).await?;
         timed("ListSandboxes", steps, async {
-            let list = client
-                .list_sandboxes(ListSandboxesRequest {})
-                .await
-                .map_err(show)?
-                .into_inner();
+            let list = client.list_sandboxes(ListSandboxesRequest {}).await.map_err(show)?.into_inner();
             if list.sandboxes.iter().any(|s| s.id == ID) {
                 Err(format!("{ID} still listed after its deletion"))
             } else {
-                Ok((
-                    (),
-                    format!("{} sandbox(es), {ID} gone", list.sandboxes.len()),
-                ))
+                Ok(((), format!("{} sandbox(es), {ID} gone", list.sandboxes.len())))
             }
         })
         .await?;
         Some(())
     }
 
-    async fn expect_ready(
-        &mut self,
-        name: &'static str,
-        steps: &mut Vec<Step>,
-        want: &str,
-    ) -> Option<()> {
+    async fn expect_ready(&mut self, name: &'static str, steps: &mut Vec<Step>, want: &str) -> Option<()> {
         let watch = self.watch.as_mut()?;
         timed(name, steps, async {
             loop {
@@ -226,9 +176,7 @@ impl Session {
     }
 }
 
-async fn next_event(
-    watch: &mut Streaming<WatchSandboxesEvent>,
-) -> Result<WatchSandboxesEvent, String> {
+async fn next_event(watch: &mut Streaming<WatchSandboxesEvent>) -> Result<WatchSandboxesEvent, String> {
     match watch.message().await {
         Ok(Some(event)) => Ok(event),
         Ok(None) => Err("watch stream ended".into()),
@@ -242,10 +190,7 @@ fn sandbox() -> DriverSandbox {
         name: "smoke".into(),
         namespace: "default".into(),
         spec: Some(DriverSandboxSpec {
-            template: Some(DriverSandboxTemplate {
-                image: "openshell/sandbox:latest".into(),
-                ..Default::default()
-            }),
+            template: Some(DriverSandboxTemplate { image: "openshell/sandbox:latest".into(), ..Default::default() }),
             sandbox_token: "smoke-test-token-not-a-secret".into(),
             ..Default::default()
         }),
@@ -271,19 +216,11 @@ async fn timed<T>(
     let elapsed = started.elapsed();
     match outcome {
         Ok((value, detail)) => {
-            steps.push(Step {
-                name,
-                outcome: Ok(detail),
-                elapsed,
-            });
+            steps.push(Step { name, outcome: Ok(detail), elapsed });
             Some(value)
         }
         Err(error) => {
-            steps.push(Step {
-                name,
-                outcome: Err(error),
-                elapsed,
-            });
+            steps.push(Step { name, outcome: Err(error), elapsed });
             None
         }
     }

@@ -3,6 +3,7 @@
 //! peers by mutual TLS. Both hand each connection, with who is calling, to
 //! the same HTTP/2 server loop.
 
+pub mod preface;
 pub mod serve;
 pub mod tls;
 pub mod uds;

@@ -57,11 +57,7 @@ impl ConnectionLimit {
         match self.0.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
-                tracing::warn!(
-                    listener,
-                    max = self.1,
-                    "refused a connection: connection limit reached"
-                );
+                tracing::warn!(listener, max = self.1, "refused a connection: connection limit reached");
                 None
             }
         }

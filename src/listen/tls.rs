@@ -70,21 +70,22 @@ async fn handshake(
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
     settings: &ServerSettings,
-) -> Option<(
-    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    Caller,
-)> {
-    let stream = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await
-    {
+) -> Option<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Caller)> {
+    let attempt = async {
+        refuse_non_tls(&tcp, remote).await?;
+        Some(acceptor.accept(tcp).await)
+    };
+    let stream = match tokio::time::timeout(settings.handshake_timeout, attempt).await {
         Err(_) => {
             tracing::warn!(%remote, timeout_ms = settings.handshake_timeout.as_millis() as u64, "TLS handshake timed out; connection closed");
             return None;
         }
-        Ok(Err(e)) => {
+        Ok(None) => return None,
+        Ok(Some(Err(e))) => {
             tracing::warn!(%remote, reason = %crate::connect::tls::describe_tls_io_error(&e), "TLS handshake refused");
             return None;
         }
-        Ok(Ok(stream)) => stream,
+        Ok(Some(Ok(stream))) => stream,
     };
     let (_, session) = stream.get_ref();
     let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) else {
@@ -98,4 +99,28 @@ async fn handshake(
             None
         }
     }
+}
+
+/// A TLS connection starts with a handshake record (0x16). Plaintext
+/// HTTP/2, HTTP/1 or stray bytes are named in the log instead of showing up
+/// as an obscure TLS decoding error.
+async fn refuse_non_tls(tcp: &tokio::net::TcpStream, remote: SocketAddr) -> Option<()> {
+    let mut first = [0u8; 4];
+    let n = tcp.peek(&mut first).await.ok()?;
+    if n == 0 {
+        tracing::info!(%remote, "connection closed before a TLS handshake");
+        return None;
+    }
+    if first[0] == 0x16 {
+        return Some(());
+    }
+    let what = if first[..n].starts_with(b"PRI ") {
+        "plaintext HTTP/2"
+    } else if first[..n].iter().all(u8::is_ascii_uppercase) {
+        "plaintext HTTP/1"
+    } else {
+        "bytes that are not TLS"
+    };
+    tracing::warn!(%remote, "refused {what} on the TLS port: clients must use TLS with a certificate of --ca");
+    None
 }

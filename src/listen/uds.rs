@@ -29,10 +29,7 @@ pub struct SocketError {
 }
 
 fn refuse(path: &Path, problem: impl Into<String>) -> SocketError {
-    SocketError {
-        path: path.display().to_string(),
-        problem: problem.into(),
-    }
+    SocketError { path: path.display().to_string(), problem: problem.into() }
 }
 
 /// A bound private socket; the socket file is removed when it is dropped.
@@ -57,28 +54,18 @@ impl PrivateSocket {
             _ => PathBuf::from("."),
         };
         if path.file_name().is_none() {
-            return Err(refuse(
-                path,
-                "not a file path; give the path of the socket to create",
-            ));
+            return Err(refuse(path, "not a file path; give the path of the socket to create"));
         }
         prepare_parent(path, &parent, uid)?;
         clear_stale_socket(path, uid)?;
 
-        let listener =
-            UnixListener::bind(path).map_err(|e| refuse(path, format!("cannot bind: {e}")))?;
+        let listener = UnixListener::bind(path).map_err(|e| refuse(path, format!("cannot bind: {e}")))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| refuse(path, format!("cannot set mode 0600: {e}")))?;
-        let meta = std::fs::symlink_metadata(path)
-            .map_err(|e| refuse(path, format!("cannot stat after bind: {e}")))?;
+        let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(path, format!("cannot stat after bind: {e}")))?;
         let mut allowed_uids = vec![uid];
         allowed_uids.extend(extra_uids.iter().copied().filter(|u| *u != uid));
-        Ok(PrivateSocket {
-            listener,
-            path: path.to_path_buf(),
-            inode: (meta.dev(), meta.ino()),
-            allowed_uids,
-        })
+        Ok(PrivateSocket { listener, path: path.to_path_buf(), inode: (meta.dev(), meta.ino()), allowed_uids })
     }
 
     pub fn path(&self) -> &Path {
@@ -104,13 +91,7 @@ impl PrivateSocket {
             };
             match stream.peer_cred() {
                 Ok(cred) if self.allowed_uids.contains(&cred.uid()) => {
-                    return (
-                        stream,
-                        Caller::Local {
-                            uid: cred.uid(),
-                            pid: cred.pid(),
-                        },
-                    );
+                    return (stream, Caller::Local { uid: cred.uid(), pid: cred.pid() });
                 }
                 Ok(cred) => tracing::warn!(
                     socket = %self.path.display(),
@@ -130,12 +111,7 @@ impl PrivateSocket {
 
 /// Serves the forwarder on `socket` until draining begins; the socket file
 /// is removed when this returns.
-pub async fn run(
-    socket: PrivateSocket,
-    forwarder: Forwarder,
-    settings: ServerSettings,
-    shutdown: Shutdown,
-) {
+pub async fn run(socket: PrivateSocket, forwarder: Forwarder, settings: ServerSettings, shutdown: Shutdown) {
     let limit = ConnectionLimit::new(settings.max_connections);
     let settings = Arc::new(settings);
     let mut next = 0u64;
@@ -238,10 +214,7 @@ fn clear_stale_socket(path: &Path, uid: u32) -> Result<(), SocketError> {
         Ok(meta) => meta,
     };
     if meta.file_type().is_symlink() {
-        return Err(refuse(
-            path,
-            "is a symlink; refusing to follow or replace it",
-        ));
+        return Err(refuse(path, "is a symlink; refusing to follow or replace it"));
     }
     if !meta.file_type().is_socket() {
         return Err(refuse(
@@ -250,23 +223,13 @@ fn clear_stale_socket(path: &Path, uid: u32) -> Result<(), SocketError> {
         ));
     }
     if meta.uid() != uid {
-        return Err(refuse(
-            path,
-            format!(
-                "is a socket of uid {}, not ours; refusing to replace it",
-                meta.uid()
-            ),
-        ));
+        return Err(refuse(path, format!("is a socket of uid {}, not ours; refusing to replace it", meta.uid())));
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(refuse(
-            path,
-            "another process is serving on this socket; stop it or choose another path",
-        ));
+        return Err(refuse(path, "another process is serving on this socket; stop it or choose another path"));
     }
     tracing::info!(socket = %path.display(), "replacing a stale socket");
-    std::fs::remove_file(path)
-        .map_err(|e| refuse(path, format!("cannot remove the stale socket: {e}")))
+    std::fs::remove_file(path).map_err(|e| refuse(path, format!("cannot remove the stale socket: {e}")))
 }
 
 #[cfg(test)]
@@ -303,9 +266,7 @@ mod tests {
         std::fs::create_dir(&real).unwrap();
         let linked_dir = dir.path().join("linked");
         std::os::unix::fs::symlink(&real, &linked_dir).unwrap();
-        let err = PrivateSocket::bind(&linked_dir.join("s.sock"), &[])
-            .err()
-            .unwrap();
+        let err = PrivateSocket::bind(&linked_dir.join("s.sock"), &[]).err().unwrap();
         assert!(err.to_string().contains("symlink"), "{err}");
     }
 
@@ -327,9 +288,7 @@ mod tests {
         let shared = dir.path().join("shared");
         std::fs::create_dir(&shared).unwrap();
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
-        let err = PrivateSocket::bind(&shared.join("s.sock"), &[])
-            .err()
-            .unwrap();
+        let err = PrivateSocket::bind(&shared.join("s.sock"), &[]).err().unwrap();
         assert!(err.to_string().contains("shared"), "{err}");
     }
 }

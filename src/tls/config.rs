@@ -28,6 +28,14 @@ pub struct TlsFiles {
     pub allow_loose_key_permissions: bool,
     /// Also accept TLS 1.2 (modern AEAD suites only).
     pub tls12: bool,
+    /// How often the files are checked for a change (SIGHUP reloads at once).
+    pub reload_interval: std::time::Duration,
+}
+
+impl TlsFiles {
+    pub fn paths(&self) -> Vec<PathBuf> {
+        vec![self.ca.clone(), self.cert.clone(), self.key.clone()]
+    }
 }
 
 /// An error building a TLS configuration, already worded for an operator.
@@ -50,8 +58,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
-static TLS13_AND_12: &[&SupportedProtocolVersion] =
-    &[&rustls::version::TLS13, &rustls::version::TLS12];
+static TLS13_AND_12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 fn versions(tls12: bool) -> &'static [&'static SupportedProtocolVersion] {
     if tls12 {
@@ -68,13 +75,7 @@ pub fn client_config(
     expect_server: &[IdentityPattern],
 ) -> Result<rustls::ClientConfig, TlsConfigError> {
     let roots = material::load_roots("--ca", &files.ca)?;
-    let identity = material::load_certified_key(
-        "--cert",
-        &files.cert,
-        "--key",
-        &files.key,
-        files.allow_loose_key_permissions,
-    )?;
+    let identity = load_identity(files)?;
     let provider = provider();
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
@@ -82,10 +83,7 @@ pub fn client_config(
     let verifier: Arc<dyn ServerCertVerifier> = if expect_server.is_empty() {
         webpki
     } else {
-        Arc::new(ExpectServer {
-            inner: webpki,
-            expected: expect_server.to_vec(),
-        })
+        Arc::new(ExpectServer { inner: webpki, expected: expect_server.to_vec() })
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(files.tls12))
@@ -102,13 +100,7 @@ pub fn client_config(
 /// decided after the handshake.
 pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsConfigError> {
     let roots = material::load_roots("--ca", &files.ca)?;
-    let identity = material::load_certified_key(
-        "--cert",
-        &files.cert,
-        "--key",
-        &files.key,
-        files.allow_loose_key_permissions,
-    )?;
+    let identity = load_identity(files)?;
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
@@ -120,6 +112,21 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsConfig
         .with_cert_resolver(Arc::new(FixedCert(identity)));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
+}
+
+/// Loads this side's certificate and key: they must match, and the
+/// certificate must be valid now (a warning when it expires within a week).
+fn load_identity(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsConfigError> {
+    let identity =
+        material::load_certified_key("--cert", &files.cert, "--key", &files.key, files.allow_loose_key_permissions)?;
+    let leaf = identity
+        .cert
+        .first()
+        .ok_or_else(|| TlsConfigError(format!("--cert {}: no certificate", files.cert.display())))?;
+    let info = material::cert_info(leaf).map_err(|e| e.at("--cert", &files.cert))?;
+    material::require_valid("--cert", &files.cert, &info, time::OffsetDateTime::now_utc())?;
+    material::warn_on_expiry("--cert", &files.cert, &info);
+    Ok(identity)
 }
 
 /// Presents one certificate; reload swaps the whole config instead.
@@ -159,13 +166,7 @@ impl ServerCertVerifier for ExpectServer {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        )?;
+        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
         let identity = PeerIdentity::from_der(end_entity.as_ref())
             .map_err(|e| rustls::Error::General(format!("server certificate: {e}")))?;
         if self.expected.iter().any(|p| p.matches(&identity)) {
@@ -216,9 +217,7 @@ pub fn describe_tls_error(error: &rustls::Error) -> String {
         E::AlertReceived(A::CertificateExpired) => {
             "peer rejected our certificate as expired (alert certificate_expired)".into()
         }
-        E::AlertReceived(A::BadCertificate) => {
-            "peer rejected our certificate (alert bad_certificate)".into()
-        }
+        E::AlertReceived(A::BadCertificate) => "peer rejected our certificate (alert bad_certificate)".into(),
         E::AlertReceived(A::ProtocolVersion) => {
             "peer does not speak our TLS version (alert protocol_version); TLS 1.2 needs --tls12 on both sides".into()
         }

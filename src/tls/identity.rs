@@ -56,13 +56,8 @@ impl PeerIdentity {
 
     /// Reads the identity of an already parsed certificate.
     pub fn from_x509(cert: &X509Certificate<'_>) -> Result<PeerIdentity, IdentityError> {
-        let mut identity = PeerIdentity {
-            cn: first_common_name(cert),
-            ..PeerIdentity::default()
-        };
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|e| IdentityError::SubjectAltName(e.to_string()))?;
+        let mut identity = PeerIdentity { cn: first_common_name(cert), ..PeerIdentity::default() };
+        let san = cert.subject_alternative_name().map_err(|e| IdentityError::SubjectAltName(e.to_string()))?;
         for name in san.iter().flat_map(|ext| ext.value.general_names.iter()) {
             match name {
                 GeneralName::DNSName(dns) => identity.dns.push((*dns).to_owned()),
@@ -105,13 +100,9 @@ impl fmt::Display for PeerIdentity {
 }
 
 fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
-    let (rest, cert) =
-        X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError::Parse(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(IdentityError::Parse(format!(
-            "{} unexpected bytes after the certificate",
-            rest.len()
-        )));
+        return Err(IdentityError::Parse(format!("{} unexpected bytes after the certificate", rest.len())));
     }
     Ok(cert)
 }
@@ -119,10 +110,7 @@ fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
 /// The first CN that is a string type; a CN in an exotic encoding is
 /// treated as absent rather than failing the whole identity.
 fn first_common_name(cert: &X509Certificate<'_>) -> Option<String> {
-    cert.subject()
-        .iter_common_name()
-        .find_map(|attr| attr.as_str().ok())
-        .map(str::to_owned)
+    cert.subject().iter_common_name().find_map(|attr| attr.as_str().ok()).map(str::to_owned)
 }
 
 /// One allow-list entry naming a peer.
@@ -174,10 +162,7 @@ pub struct PatternError {
 
 impl PatternError {
     fn new(input: &str, problem: impl Into<String>) -> Self {
-        PatternError {
-            input: truncate_for_message(input),
-            problem: problem.into(),
-        }
+        PatternError { input: truncate_for_message(input), problem: problem.into() }
     }
 }
 
@@ -225,25 +210,16 @@ fn unknown_prefix(input: &str, prefix: &str) -> PatternError {
 /// Checks shared by every kind: non-empty, bounded, printable, no spaces.
 fn check_value_common(input: &str, value: &str) -> Result<(), PatternError> {
     if value.is_empty() {
-        return Err(PatternError::new(
-            input,
-            "the name after the prefix is empty",
-        ));
+        return Err(PatternError::new(input, "the name after the prefix is empty"));
     }
     if value.len() > MAX_PATTERN_LEN {
         return Err(PatternError::new(
             input,
-            format!(
-                "the name is {} bytes long, more than the limit of {MAX_PATTERN_LEN}",
-                value.len()
-            ),
+            format!("the name is {} bytes long, more than the limit of {MAX_PATTERN_LEN}", value.len()),
         ));
     }
     if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(PatternError::new(
-            input,
-            format!("contains whitespace or a control character ({c:?})"),
-        ));
+        return Err(PatternError::new(input, format!("contains whitespace or a control character ({c:?})")));
     }
     Ok(())
 }
@@ -283,17 +259,10 @@ fn parse_uri(input: &str, value: &str) -> Result<IdentityPattern, PatternError> 
         None => (value, false),
     };
     if body.contains('*') {
-        return Err(PatternError::new(
-            input,
-            "'*' is only allowed as a trailing /* (as in uri:spiffe://corp/edge/*)",
-        ));
+        return Err(PatternError::new(input, "'*' is only allowed as a trailing /* (as in uri:spiffe://corp/edge/*)"));
     }
     check_uri_scheme(input, body)?;
-    Ok(if is_prefix {
-        IdentityPattern::UriPrefix(format!("{body}/"))
-    } else {
-        IdentityPattern::Uri(value.to_owned())
-    })
+    Ok(if is_prefix { IdentityPattern::UriPrefix(format!("{body}/")) } else { IdentityPattern::Uri(value.to_owned()) })
 }
 
 /// URI SANs are absolute URIs (RFC 5280), so a pattern without a scheme can
@@ -302,16 +271,12 @@ fn check_uri_scheme(input: &str, body: &str) -> Result<(), PatternError> {
     let scheme = body.split_once(':').map(|(scheme, _)| scheme);
     let valid = scheme.is_some_and(|s| {
         s.starts_with(|c: char| c.is_ascii_alphabetic())
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
     });
     if valid {
         Ok(())
     } else {
-        Err(PatternError::new(
-            input,
-            "a URI must start with a scheme, as in uri:spiffe://corp/edge",
-        ))
+        Err(PatternError::new(input, "a URI must start with a scheme, as in uri:spiffe://corp/edge"))
     }
 }
 
@@ -367,24 +332,9 @@ mod tests {
             ],
         );
         let identity = PeerIdentity::from_der(&der).unwrap();
-        assert_eq!(
-            identity,
-            id(
-                &["gw.example", "gw2.example"],
-                &["spiffe://corp/edge/gw"],
-                Some("gateway-1")
-            )
-        );
+        assert_eq!(identity, id(&["gw.example", "gw2.example"], &["spiffe://corp/edge/gw"], Some("gateway-1")));
         let names: Vec<String> = identity.names().collect();
-        assert_eq!(
-            names,
-            [
-                "dns:gw.example",
-                "dns:gw2.example",
-                "uri:spiffe://corp/edge/gw",
-                "cn:gateway-1"
-            ]
-        );
+        assert_eq!(names, ["dns:gw.example", "dns:gw2.example", "uri:spiffe://corp/edge/gw", "cn:gateway-1"]);
     }
 
     #[test]
@@ -409,10 +359,7 @@ mod tests {
     fn display_prefers_uri_then_dns_then_cn() {
         let full = id(&["a.example"], &["spiffe://corp/a"], Some("a"));
         assert_eq!(full.to_string(), "uri:spiffe://corp/a");
-        assert_eq!(
-            id(&["a.example"], &[], Some("a")).to_string(),
-            "dns:a.example"
-        );
+        assert_eq!(id(&["a.example"], &[], Some("a")).to_string(), "dns:a.example");
         assert_eq!(id(&[], &[], Some("a")).to_string(), "cn:a");
         let from_cert = PeerIdentity::from_der(&cert_der(Some("only-cn"), vec![])).unwrap();
         assert_eq!(from_cert.to_string(), "cn:only-cn");
@@ -420,34 +367,16 @@ mod tests {
 
     #[test]
     fn parses_each_kind() {
-        assert_eq!(
-            pattern("dns:gw.example"),
-            IdentityPattern::Dns("gw.example".into())
-        );
-        assert_eq!(
-            pattern("uri:spiffe://corp/edge/gw"),
-            IdentityPattern::Uri("spiffe://corp/edge/gw".into())
-        );
-        assert_eq!(
-            pattern("uri:spiffe://corp/edge/*"),
-            IdentityPattern::UriPrefix("spiffe://corp/edge/".into())
-        );
-        assert_eq!(
-            pattern("cn:openshell-gateway"),
-            IdentityPattern::Cn("openshell-gateway".into())
-        );
+        assert_eq!(pattern("dns:gw.example"), IdentityPattern::Dns("gw.example".into()));
+        assert_eq!(pattern("uri:spiffe://corp/edge/gw"), IdentityPattern::Uri("spiffe://corp/edge/gw".into()));
+        assert_eq!(pattern("uri:spiffe://corp/edge/*"), IdentityPattern::UriPrefix("spiffe://corp/edge/".into()));
+        assert_eq!(pattern("cn:openshell-gateway"), IdentityPattern::Cn("openshell-gateway".into()));
     }
 
     #[test]
     fn prefixes_as_printed_by_openssl_are_accepted() {
-        assert_eq!(
-            pattern("DNS:gw.example"),
-            IdentityPattern::Dns("gw.example".into())
-        );
-        assert_eq!(
-            pattern("URI:spiffe://c/x"),
-            IdentityPattern::Uri("spiffe://c/x".into())
-        );
+        assert_eq!(pattern("DNS:gw.example"), IdentityPattern::Dns("gw.example".into()));
+        assert_eq!(pattern("URI:spiffe://c/x"), IdentityPattern::Uri("spiffe://c/x".into()));
         assert_eq!(pattern("CN:x"), IdentityPattern::Cn("x".into()));
     }
 
@@ -500,17 +429,9 @@ mod tests {
 
     #[test]
     fn patterns_match_generated_certificates() {
-        let der = cert_der(
-            Some("gateway"),
-            vec![dns_san("gw.example"), uri_san("spiffe://corp/edge/gw")],
-        );
+        let der = cert_der(Some("gateway"), vec![dns_san("gw.example"), uri_san("spiffe://corp/edge/gw")]);
         let identity = PeerIdentity::from_der(&der).unwrap();
-        for p in [
-            "dns:gw.example",
-            "uri:spiffe://corp/edge/gw",
-            "uri:spiffe://corp/*",
-            "cn:gateway",
-        ] {
+        for p in ["dns:gw.example", "uri:spiffe://corp/edge/gw", "uri:spiffe://corp/*", "cn:gateway"] {
             assert!(pattern(p).matches(&identity), "{p}");
         }
         for p in ["dns:other", "uri:spiffe://corp/core/*", "cn:other"] {
@@ -523,10 +444,7 @@ mod tests {
         let err = parse_err("gw.example");
         assert!(err.contains("\"gw.example\""), "{err}");
         assert!(err.contains("missing a kind prefix"), "{err}");
-        assert!(
-            err.contains("dns:NAME, uri:URI, uri:PREFIX/* or cn:NAME"),
-            "{err}"
-        );
+        assert!(err.contains("dns:NAME, uri:URI, uri:PREFIX/* or cn:NAME"), "{err}");
         let err = parse_err("ip:10.0.0.1");
         assert!(err.contains("unknown kind \"ip\""), "{err}");
         assert!(err.contains("dns:, uri: or cn:"), "{err}");
@@ -553,10 +471,7 @@ mod tests {
             "uri:spiffe://corp/*/*",
         ] {
             let err = parse_err(s);
-            assert!(
-                err.contains("'*'") || err.contains("wildcard"),
-                "{s}: {err}"
-            );
+            assert!(err.contains("'*'") || err.contains("wildcard"), "{s}: {err}");
         }
     }
 
@@ -570,18 +485,9 @@ mod tests {
 
     #[test]
     fn rejects_whitespace_and_control_characters() {
-        for s in [
-            "dns:gw example",
-            "cn:a\tb",
-            "uri:spiffe://c/x\n",
-            "cn:\u{7}",
-            "dns: gw",
-        ] {
+        for s in ["dns:gw example", "cn:a\tb", "uri:spiffe://c/x\n", "cn:\u{7}", "dns: gw"] {
             let err = parse_err(s);
-            assert!(
-                err.contains("whitespace or a control character"),
-                "{s:?}: {err}"
-            );
+            assert!(err.contains("whitespace or a control character"), "{s:?}: {err}");
         }
     }
 

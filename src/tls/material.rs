@@ -98,11 +98,7 @@ pub struct MaterialError {
 
 impl MaterialError {
     fn new(kind: MaterialErrorKind, flag: &str, path: &Path, message: impl Into<String>) -> Self {
-        MaterialError {
-            kind,
-            origin: origin(flag, path),
-            message: message.into(),
-        }
+        MaterialError { kind, origin: origin(flag, path), message: message.into() }
     }
 
     /// The category of the problem.
@@ -223,9 +219,7 @@ pub fn load_key(
                 MaterialErrorKind::MultipleKeys,
                 flag,
                 path,
-                format!(
-                "holds {n} private keys; keep exactly one, the key that belongs to the certificate"
-            ),
+                format!("holds {n} private keys; keep exactly one, the key that belongs to the certificate"),
             ))
         }
     };
@@ -250,12 +244,10 @@ pub fn load_certified_key(
     match certified.keys_match() {
         // A key that cannot report its public half is trusted as rustls
         // itself does; ring keys always can.
-        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {
-            Ok(Arc::new(certified))
+        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => Ok(Arc::new(certified)),
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            Err(key_mismatch(cert_flag, cert_path, key_flag, key_path, &certified))
         }
-        Err(rustls::Error::InconsistentKeys(_)) => Err(key_mismatch(
-            cert_flag, cert_path, key_flag, key_path, &certified,
-        )),
         Err(e) => Err(MaterialError::new(
             MaterialErrorKind::BadCertificate,
             cert_flag,
@@ -302,14 +294,9 @@ pub fn cert_info(der: &CertificateDer<'_>) -> Result<CertInfo, MaterialError> {
 /// Loads a certificate file and describes its leaf (first) certificate.
 pub fn load_cert_info(flag: &str, path: &Path) -> Result<CertInfo, MaterialError> {
     let certs = load_certs(flag, path)?;
-    let leaf = certs.first().ok_or_else(|| {
-        MaterialError::new(
-            MaterialErrorKind::NoCertificate,
-            flag,
-            path,
-            "holds no certificate",
-        )
-    })?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| MaterialError::new(MaterialErrorKind::NoCertificate, flag, path, "holds no certificate"))?;
     cert_info(leaf).map_err(|e| e.at(flag, path))
 }
 
@@ -358,12 +345,7 @@ fn classify_validity(info: &CertInfo, now: OffsetDateTime) -> Validity {
 
 /// Like [`check_validity`], but an expired or not-yet-valid certificate is
 /// an error that says what to do.
-pub fn require_valid(
-    flag: &str,
-    path: &Path,
-    info: &CertInfo,
-    now: OffsetDateTime,
-) -> Result<Validity, MaterialError> {
+pub fn require_valid(flag: &str, path: &Path, info: &CertInfo, now: OffsetDateTime) -> Result<Validity, MaterialError> {
     match check_validity(flag, path, info, now) {
         Validity::Expired => Err(MaterialError::new(
             MaterialErrorKind::Expired,
@@ -445,9 +427,7 @@ fn read_material(flag: &str, path: &Path) -> Result<MaterialFile, MaterialError>
         ));
     }
     let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| read_error(flag, path, &e))?;
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| read_error(flag, path, &e))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(MaterialError::new(
             MaterialErrorKind::Unreadable,
@@ -496,15 +476,9 @@ struct PemSummary {
 impl PemSummary {
     fn scan(bytes: &[u8]) -> PemSummary {
         let text = String::from_utf8_lossy(bytes);
-        let mut summary = PemSummary {
-            labels: Vec::new(),
-            legacy_encrypted: false,
-        };
+        let mut summary = PemSummary { labels: Vec::new(), legacy_encrypted: false };
         for line in text.lines().map(str::trim) {
-            if let Some(label) = line
-                .strip_prefix("-----BEGIN ")
-                .and_then(|rest| rest.strip_suffix("-----"))
-            {
+            if let Some(label) = line.strip_prefix("-----BEGIN ").and_then(|rest| rest.strip_suffix("-----")) {
                 summary.labels.push(label.to_owned());
             } else if line.starts_with("Proc-Type:") && line.contains("ENCRYPTED") {
                 summary.legacy_encrypted = true;
@@ -545,16 +519,12 @@ impl PemSummary {
 /// not PEM at all: empty, binary DER, or something else.
 fn not_pem_problem(bytes: &[u8], expected: &str, der_fix: &str) -> Option<String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Some(format!(
-            "the file is empty; expected PEM text starting with -----BEGIN {expected}-----"
-        ));
+        return Some(format!("the file is empty; expected PEM text starting with -----BEGIN {expected}-----"));
     }
     // A DER SEQUENCE starts with 0x30; PEM is text and never does unless it
     // starts with the digit '0', which no PEM file does.
     if bytes.first() == Some(&0x30) {
-        return Some(format!(
-            "this looks like binary DER, not PEM; convert it with {der_fix}"
-        ));
+        return Some(format!("this looks like binary DER, not PEM; convert it with {der_fix}"));
     }
     None
 }
@@ -601,32 +571,30 @@ fn no_key(flag: &str, path: &Path, bytes: &[u8], summary: &PemSummary) -> Materi
     let (kind, problem) = if summary.has("OPENSSH PRIVATE KEY") {
         (
             MaterialErrorKind::UnsupportedKey,
-            format!("OpenSSH key format is not supported; convert the key to PKCS#8 with ssh-keygen -p -m PKCS8 -f {p}"),
+            format!(
+                "OpenSSH key format is not supported; convert the key to PKCS#8 with ssh-keygen -p -m PKCS8 -f {p}"
+            ),
         )
     } else if summary.has("DSA PRIVATE KEY") {
         (
             MaterialErrorKind::UnsupportedKey,
-            "unsupported key type (DSA); use an ECDSA P-256 or P-384, Ed25519 or RSA key"
-                .to_owned(),
+            "unsupported key type (DSA); use an ECDSA P-256 or P-384, Ed25519 or RSA key".to_owned(),
         )
     } else if summary.has("CERTIFICATE") {
         let hint = match partner_flag(flag, "key", "cert") {
             Some(cert_flag) => format!("did you swap {cert_flag} and {flag}?"),
             None => "pass the private key file here".to_owned(),
         };
-        (
-            MaterialErrorKind::NoKey,
-            format!("holds only certificates, no private key; {hint}"),
-        )
+        (MaterialErrorKind::NoKey, format!("holds only certificates, no private key; {hint}"))
     } else if summary.labels.is_empty() {
-        (
-            MaterialErrorKind::NotPem,
-            "no PEM block found; expected -----BEGIN PRIVATE KEY-----".to_owned(),
-        )
+        (MaterialErrorKind::NotPem, "no PEM block found; expected -----BEGIN PRIVATE KEY-----".to_owned())
     } else {
         (
             MaterialErrorKind::NoKey,
-            format!("no private key block; found {}; pass an unencrypted PKCS#8, PKCS#1 or SEC1 PEM key", summary.describe()),
+            format!(
+                "no private key block; found {}; pass an unencrypted PKCS#8, PKCS#1 or SEC1 PEM key",
+                summary.describe()
+            ),
         )
     };
     MaterialError::new(kind, flag, path, problem)
@@ -648,22 +616,13 @@ fn encrypted_key(flag: &str, path: &Path) -> MaterialError {
 /// secret bytes.
 fn malformed_pem(flag: &str, path: &Path, e: &pem::Error) -> MaterialError {
     let problem = match e {
-        pem::Error::MissingSectionEnd { .. } => {
-            "a PEM block has no -----END line (truncated file?)"
-        }
+        pem::Error::MissingSectionEnd { .. } => "a PEM block has no -----END line (truncated file?)",
         pem::Error::IllegalSectionStart { .. } => "a -----BEGIN line is malformed",
-        pem::Error::Base64Decode(_) => {
-            "a PEM block contains invalid base64 (corrupted or edited file?)"
-        }
+        pem::Error::Base64Decode(_) => "a PEM block contains invalid base64 (corrupted or edited file?)",
         pem::Error::SectionTooLarge => "a PEM block is too large",
         _ => "the PEM text cannot be decoded",
     };
-    MaterialError::new(
-        MaterialErrorKind::NotPem,
-        flag,
-        path,
-        format!("malformed PEM: {problem}; re-export the file"),
-    )
+    MaterialError::new(MaterialErrorKind::NotPem, flag, path, format!("malformed PEM: {problem}; re-export the file"))
 }
 
 /// `--client-cert` -> `--client-key`, so a swap hint names the real flags.
@@ -682,9 +641,7 @@ fn ordinal(index: usize, total: usize, noun: &str) -> String {
 
 fn parse_x509<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, String> {
     match X509Certificate::from_der(der.as_ref()) {
-        Ok((rest, _)) if !rest.is_empty() => {
-            Err("unexpected bytes after the certificate".to_owned())
-        }
+        Ok((rest, _)) if !rest.is_empty() => Err("unexpected bytes after the certificate".to_owned()),
         Ok((_, cert)) => Ok(cert),
         Err(e) => Err(e.to_string()),
     }
@@ -702,8 +659,7 @@ fn is_issued_end_entity(cert: &X509Certificate<'_>) -> bool {
         Ok(Some(bc)) => !bc.value.ca,
         Ok(None) => {
             let has_eku = matches!(cert.extended_key_usage(), Ok(Some(_)));
-            let cannot_sign_certs =
-                matches!(cert.key_usage(), Ok(Some(ku)) if !ku.value.key_cert_sign());
+            let cannot_sign_certs = matches!(cert.key_usage(), Ok(Some(ku)) if !ku.value.key_cert_sign());
             cert.version() == X509Version::V3 && (has_eku || cannot_sign_certs)
         }
         Err(_) => false,
@@ -715,37 +671,25 @@ fn ring_signing_key(
     path: &Path,
     key: &PrivateKeyDer<'_>,
 ) -> Result<Arc<dyn rustls::sign::SigningKey>, MaterialError> {
-    rustls::crypto::ring::default_provider()
-        .key_provider
-        .load_private_key(key.clone_key())
-        .map_err(|e| {
-            MaterialError::new(
-                MaterialErrorKind::UnsupportedKey,
-                flag,
-                path,
-                format!("unsupported key type ({e}); use an ECDSA P-256 or P-384, Ed25519 or RSA (2048 bits or more) key"),
-            )
-        })
+    rustls::crypto::ring::default_provider().key_provider.load_private_key(key.clone_key()).map_err(|e| {
+        MaterialError::new(
+            MaterialErrorKind::UnsupportedKey,
+            flag,
+            path,
+            format!("unsupported key type ({e}); use an ECDSA P-256 or P-384, Ed25519 or RSA (2048 bits or more) key"),
+        )
+    })
 }
 
 #[cfg(unix)]
-fn check_key_permissions(
-    flag: &str,
-    path: &Path,
-    file: &MaterialFile,
-    allow_loose: bool,
-) -> Result<(), MaterialError> {
+fn check_key_permissions(flag: &str, path: &Path, file: &MaterialFile, allow_loose: bool) -> Result<(), MaterialError> {
     use std::os::unix::fs::PermissionsExt;
 
     let mode = file.metadata.permissions().mode() & 0o7777;
     if mode & 0o077 == 0 {
         return Ok(());
     }
-    let access = if mode & 0o044 != 0 {
-        "readable"
-    } else {
-        "writable or executable"
-    };
+    let access = if mode & 0o044 != 0 { "readable" } else { "writable or executable" };
     let problem = format!("private key is {access} by group or others (mode {mode:04o})");
     if allow_loose {
         tracing::warn!(
@@ -758,10 +702,7 @@ fn check_key_permissions(
         MaterialErrorKind::LoosePermissions,
         flag,
         path,
-        format!(
-            "{problem}; run chmod 600 {}, or pass {ALLOW_LOOSE_KEY_PERMISSIONS_FLAG}",
-            path.display()
-        ),
+        format!("{problem}; run chmod 600 {}, or pass {ALLOW_LOOSE_KEY_PERMISSIONS_FLAG}", path.display()),
     ))
 }
 
@@ -799,11 +740,7 @@ fn key_mismatch(
         .iter()
         .enumerate()
         .skip(1)
-        .find(|(_, cert)| {
-            CertifiedKey::new(vec![(*cert).clone()], Arc::clone(&certified.key))
-                .keys_match()
-                .is_ok()
-        })
+        .find(|(_, cert)| CertifiedKey::new(vec![(*cert).clone()], Arc::clone(&certified.key)).keys_match().is_ok())
         .map(|(index, _)| index);
     let message = match misplaced {
         Some(index) => format!(
@@ -880,9 +817,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
 
     impl Fixture {
         fn new() -> Self {
-            Fixture {
-                dir: tempfile::tempdir().unwrap(),
-            }
+            Fixture { dir: tempfile::tempdir().unwrap() }
         }
 
         fn write(&self, name: &str, contents: impl AsRef<[u8]>, mode: u32) -> PathBuf {
@@ -908,10 +843,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
     fn self_signed(cn: &str) -> Generated {
         let key = KeyPair::generate().unwrap();
         let cert = params(cn).self_signed(&key).unwrap();
-        Generated {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
+        Generated { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
     }
 
     /// A CA and a leaf it issued, as PEM: (ca, leaf).
@@ -927,14 +859,8 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         leaf_params.is_ca = IsCa::ExplicitNoCa;
         let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
         (
-            Generated {
-                cert_pem: ca_cert.pem(),
-                key_pem: ca_key.serialize_pem(),
-            },
-            Generated {
-                cert_pem: leaf.pem(),
-                key_pem: leaf_key.serialize_pem(),
-            },
+            Generated { cert_pem: ca_cert.pem(), key_pem: ca_key.serialize_pem() },
+            Generated { cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem() },
         )
     }
 
@@ -947,11 +873,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
     fn loads_certificate_chain_in_order() {
         let fx = Fixture::new();
         let (ca, leaf) = ca_and_leaf();
-        let path = fx.write(
-            "chain.pem",
-            format!("{}{}", leaf.cert_pem, ca.cert_pem),
-            0o644,
-        );
+        let path = fx.write("chain.pem", format!("{}{}", leaf.cert_pem, ca.cert_pem), 0o644);
         let certs = load_certs("--cert", &path).unwrap();
         assert_eq!(certs.len(), 2);
         assert_eq!(cert_info(&certs[0]).unwrap().subject, "CN=leaf.example");
@@ -963,10 +885,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         let path = fx.dir.path().join("nope.pem");
         let (kind, msg) = err_text(load_certs("--cert", &path));
         assert_eq!(kind, MaterialErrorKind::NotFound);
-        assert!(
-            msg.starts_with(&format!("--cert {}: file not found", path.display())),
-            "{msg}"
-        );
+        assert!(msg.starts_with(&format!("--cert {}: file not found", path.display())), "{msg}");
         assert!(!msg.contains('\n'));
     }
 
@@ -1013,10 +932,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         let path = fx.write("cert.der", der, 0o644);
         let (kind, msg) = err_text(load_certs("--cert", &path));
         assert_eq!(kind, MaterialErrorKind::NotPem);
-        assert!(
-            msg.contains("binary DER") && msg.contains("openssl x509 -inform der"),
-            "{msg}"
-        );
+        assert!(msg.contains("binary DER") && msg.contains("openssl x509 -inform der"), "{msg}");
     }
 
     #[test]
@@ -1026,19 +942,13 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         let key_as_cert = fx.write("key.pem", &generated.key_pem, 0o600);
         let (kind, msg) = err_text(load_certs("--cert", &key_as_cert));
         assert_eq!(kind, MaterialErrorKind::NoCertificate);
-        assert!(
-            msg.contains("found a PRIVATE KEY block; did you swap --cert and --key?"),
-            "{msg}"
-        );
+        assert!(msg.contains("found a PRIVATE KEY block; did you swap --cert and --key?"), "{msg}");
 
         let cert_as_key = fx.write("cert.pem", &generated.cert_pem, 0o600);
         let (kind, msg) = err_text(load_key("--client-key", &cert_as_key, false));
         assert_eq!(kind, MaterialErrorKind::NoKey);
         assert!(msg.contains("holds only certificates"), "{msg}");
-        assert!(
-            msg.contains("did you swap --client-cert and --client-key?"),
-            "{msg}"
-        );
+        assert!(msg.contains("did you swap --client-cert and --client-key?"), "{msg}");
     }
 
     #[test]
@@ -1063,10 +973,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         let path = fx.write("bogus.pem", bogus, 0o644);
         let (kind, msg) = err_text(load_certs("--cert", &path));
         assert_eq!(kind, MaterialErrorKind::BadCertificate);
-        assert!(
-            msg.contains("the certificate is not a valid X.509 certificate"),
-            "{msg}"
-        );
+        assert!(msg.contains("the certificate is not a valid X.509 certificate"), "{msg}");
     }
 
     #[test]
@@ -1107,30 +1014,18 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         let path = fx.write("ca-key.pem", self_signed("x").key_pem, 0o600);
         let (kind, msg) = err_text(load_roots("--ca", &path));
         assert_eq!(kind, MaterialErrorKind::NoCertificate);
-        assert!(
-            msg.contains("private key file; pass a certificate here"),
-            "{msg}"
-        );
+        assert!(msg.contains("private key file; pass a certificate here"), "{msg}");
     }
 
     #[test]
     fn loads_pkcs8_pkcs1_and_sec1_keys() {
         let fx = Fixture::new();
         let pkcs8 = fx.write("p8.pem", self_signed("x").key_pem, 0o600);
-        assert!(matches!(
-            load_key("--key", &pkcs8, false).unwrap(),
-            PrivateKeyDer::Pkcs8(_)
-        ));
+        assert!(matches!(load_key("--key", &pkcs8, false).unwrap(), PrivateKeyDer::Pkcs8(_)));
         let pkcs1 = fx.write("p1.pem", TEST_RSA_PKCS1, 0o600);
-        assert!(matches!(
-            load_key("--key", &pkcs1, false).unwrap(),
-            PrivateKeyDer::Pkcs1(_)
-        ));
+        assert!(matches!(load_key("--key", &pkcs1, false).unwrap(), PrivateKeyDer::Pkcs1(_)));
         let sec1 = fx.write("sec1.pem", TEST_EC_SEC1, 0o600);
-        assert!(matches!(
-            load_key("--key", &sec1, false).unwrap(),
-            PrivateKeyDer::Sec1(_)
-        ));
+        assert!(matches!(load_key("--key", &sec1, false).unwrap(), PrivateKeyDer::Sec1(_)));
     }
 
     #[test]
@@ -1149,10 +1044,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         let path = fx.write("enc.pem", pkcs8, 0o600);
         let (kind, msg) = err_text(load_key("--key", &path, false));
         assert_eq!(kind, MaterialErrorKind::EncryptedKey);
-        assert!(
-            msg.contains("encrypted keys are not supported; decrypt it with openssl pkey"),
-            "{msg}"
-        );
+        assert!(msg.contains("encrypted keys are not supported; decrypt it with openssl pkey"), "{msg}");
 
         let legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,0123456789ABCDEF0123456789ABCDEF\n\nAAAA\n-----END RSA PRIVATE KEY-----\n";
         let path = fx.write("legacy.pem", legacy, 0o600);
@@ -1172,11 +1064,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         assert_eq!(kind, MaterialErrorKind::UnsupportedKey);
         assert!(msg.contains("ssh-keygen -p -m PKCS8"), "{msg}");
 
-        let public = fx.write(
-            "pub.pem",
-            KeyPair::generate().unwrap().public_key_pem(),
-            0o600,
-        );
+        let public = fx.write("pub.pem", KeyPair::generate().unwrap().public_key_pem(), 0o600);
         let (kind, msg) = err_text(load_key("--key", &public, false));
         assert_eq!(kind, MaterialErrorKind::NoKey);
         assert!(msg.contains("found a PUBLIC KEY block"), "{msg}");
@@ -1216,10 +1104,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o620)).unwrap();
         let (_, msg) = err_text(load_key("--key", &path, false));
-        assert!(
-            msg.contains("writable or executable by group or others (mode 0620)"),
-            "{msg}"
-        );
+        assert!(msg.contains("writable or executable by group or others (mode 0620)"), "{msg}");
     }
 
     #[test]
@@ -1235,11 +1120,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
     fn certified_key_loads_matching_pair() {
         let fx = Fixture::new();
         let (ca, leaf) = ca_and_leaf();
-        let cert = fx.write(
-            "leaf.pem",
-            format!("{}{}", leaf.cert_pem, ca.cert_pem),
-            0o644,
-        );
+        let cert = fx.write("leaf.pem", format!("{}{}", leaf.cert_pem, ca.cert_pem), 0o644);
         let key = fx.write("leaf-key.pem", &leaf.key_pem, 0o600);
         let certified = load_certified_key("--cert", &cert, "--key", &key, false).unwrap();
         assert_eq!(certified.cert.len(), 2);
@@ -1249,11 +1130,8 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
     #[test]
     fn rsa_certified_key_loads() {
         let fx = Fixture::new();
-        let key_pair = KeyPair::from_pkcs8_der_and_sign_algo(
-            &pkcs1_to_pkcs8(TEST_RSA_PKCS1),
-            &rcgen::PKCS_RSA_SHA256,
-        )
-        .unwrap();
+        let key_pair =
+            KeyPair::from_pkcs8_der_and_sign_algo(&pkcs1_to_pkcs8(TEST_RSA_PKCS1), &rcgen::PKCS_RSA_SHA256).unwrap();
         let cert = params("rsa.example").self_signed(&key_pair).unwrap();
         let cert_path = fx.write("rsa.pem", cert.pem(), 0o644);
         let key_path = fx.write("rsa-key.pem", TEST_RSA_PKCS1, 0o600);
@@ -1262,16 +1140,13 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
 
     /// Wraps PKCS#1 DER in a PKCS#8 envelope so rcgen can sign with it.
     fn pkcs1_to_pkcs8(pkcs1_pem: &str) -> rustls::pki_types::PrivatePkcs8KeyDer<'static> {
-        let PrivateKeyDer::Pkcs1(pkcs1) =
-            PrivateKeyDer::from_pem_slice(pkcs1_pem.as_bytes()).unwrap()
-        else {
+        let PrivateKeyDer::Pkcs1(pkcs1) = PrivateKeyDer::from_pem_slice(pkcs1_pem.as_bytes()).unwrap() else {
             panic!("fixture is not PKCS#1");
         };
         // version 0, AlgorithmIdentifier { rsaEncryption, NULL }
         let mut body = vec![0x02, 0x01, 0x00];
         body.extend_from_slice(&[
-            0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05,
-            0x00,
+            0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
         ]);
         body.extend(der_tlv(0x04, pkcs1.secret_pkcs1_der()));
         der_tlv(0x30, &body).into()
@@ -1283,11 +1158,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         if len < 0x80 {
             out.push(len as u8);
         } else {
-            let bytes: Vec<u8> = len
-                .to_be_bytes()
-                .into_iter()
-                .skip_while(|b| *b == 0)
-                .collect();
+            let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
             out.push(0x80 | bytes.len() as u8);
             out.extend(bytes);
         }
@@ -1302,10 +1173,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         let key = fx.write("b-key.pem", self_signed("b.example").key_pem, 0o600);
         let (kind, msg) = err_text(load_certified_key("--cert", &cert, "--key", &key, false));
         assert_eq!(kind, MaterialErrorKind::KeyMismatch);
-        assert!(
-            msg.starts_with(&format!("--key {}:", key.display())),
-            "{msg}"
-        );
+        assert!(msg.starts_with(&format!("--key {}:", key.display())), "{msg}");
         assert!(msg.contains(&format!("--cert {}", cert.display())), "{msg}");
         assert!(msg.contains("CN=a.example"), "{msg}");
     }
@@ -1314,11 +1182,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
     fn chain_in_wrong_order_is_explained() {
         let fx = Fixture::new();
         let (ca, leaf) = ca_and_leaf();
-        let cert = fx.write(
-            "chain.pem",
-            format!("{}{}", ca.cert_pem, leaf.cert_pem),
-            0o644,
-        );
+        let cert = fx.write("chain.pem", format!("{}{}", ca.cert_pem, leaf.cert_pem), 0o644);
         let key = fx.write("leaf-key.pem", &leaf.key_pem, 0o600);
         let (kind, msg) = err_text(load_certified_key("--cert", &cert, "--key", &key, false));
         assert_eq!(kind, MaterialErrorKind::KeyMismatch);
@@ -1341,8 +1205,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
     fn cert_info_reads_identity_and_validity() {
         let key = KeyPair::generate().unwrap();
         let mut p = params("gw");
-        p.subject_alt_names
-            .push(SanType::URI("spiffe://corp/gw".try_into().unwrap()));
+        p.subject_alt_names.push(SanType::URI("spiffe://corp/gw".try_into().unwrap()));
         p.not_before = rcgen::date_time_ymd(2030, 1, 2);
         p.not_after = rcgen::date_time_ymd(2031, 1, 2);
         let cert = p.self_signed(&key).unwrap();
@@ -1354,40 +1217,21 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         assert_eq!(info.not_after, rcgen::date_time_ymd(2031, 1, 2));
 
         let err = cert_info(&CertificateDer::from(vec![1, 2, 3])).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("certificate: not a valid X.509"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("certificate: not a valid X.509"), "{err}");
         let relabelled = err.at("--cert", Path::new("/x.pem"));
-        assert!(
-            relabelled.to_string().starts_with("--cert /x.pem: "),
-            "{relabelled}"
-        );
+        assert!(relabelled.to_string().starts_with("--cert /x.pem: "), "{relabelled}");
     }
 
     #[test]
     fn load_cert_info_uses_the_leaf() {
         let fx = Fixture::new();
         let (ca, leaf) = ca_and_leaf();
-        let path = fx.write(
-            "chain.pem",
-            format!("{}{}", leaf.cert_pem, ca.cert_pem),
-            0o644,
-        );
-        assert_eq!(
-            load_cert_info("--cert", &path).unwrap().subject,
-            "CN=leaf.example"
-        );
+        let path = fx.write("chain.pem", format!("{}{}", leaf.cert_pem, ca.cert_pem), 0o644);
+        assert_eq!(load_cert_info("--cert", &path).unwrap().subject, "CN=leaf.example");
     }
 
     fn info_between(not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertInfo {
-        CertInfo {
-            identity: PeerIdentity::default(),
-            subject: "CN=t".to_owned(),
-            not_before,
-            not_after,
-        }
+        CertInfo { identity: PeerIdentity::default(), subject: "CN=t".to_owned(), not_before, not_after }
     }
 
     #[test]
@@ -1396,22 +1240,10 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         let days = time::Duration::days;
         let p = Path::new("/c.pem");
         let check = |nb, na| check_validity("--cert", p, &info_between(nb, na), now);
-        assert_eq!(
-            check(now - days(1), now + days(30)),
-            Validity::Ok { days_left: 30 }
-        );
-        assert_eq!(
-            check(now - days(1), now + days(7)),
-            Validity::Ok { days_left: 7 }
-        );
-        assert_eq!(
-            check(now - days(1), now + days(6)),
-            Validity::ExpiresSoon { days_left: 6 }
-        );
-        assert_eq!(
-            check(now - days(1), now + time::Duration::hours(3)),
-            Validity::ExpiresSoon { days_left: 0 }
-        );
+        assert_eq!(check(now - days(1), now + days(30)), Validity::Ok { days_left: 30 });
+        assert_eq!(check(now - days(1), now + days(7)), Validity::Ok { days_left: 7 });
+        assert_eq!(check(now - days(1), now + days(6)), Validity::ExpiresSoon { days_left: 6 });
+        assert_eq!(check(now - days(1), now + time::Duration::hours(3)), Validity::ExpiresSoon { days_left: 0 });
         assert_eq!(check(now - days(10), now - days(1)), Validity::Expired);
         assert_eq!(check(now + days(1), now + days(10)), Validity::NotYetValid);
     }
@@ -1433,10 +1265,7 @@ AwEHoUQDQgAEETvq8neaEnwSdjtlATg4Ve1aXM0TAuJ+UCsK4r2JehHjuEvgYJ/p\n\
         assert_eq!(err.kind(), MaterialErrorKind::NotYetValid);
         assert!(err.to_string().contains("check this host's clock"), "{err}");
         let fine = info_between(now - days(1), now + days(100));
-        assert_eq!(
-            require_valid("--cert", p, &fine, now).unwrap(),
-            Validity::Ok { days_left: 100 }
-        );
+        assert_eq!(require_valid("--cert", p, &fine, now).unwrap(), Validity::Ok { days_left: 100 });
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub fn files(ca: &Path, (cert, key): &(PathBuf, PathBuf)) -> TlsFiles {
         key: key.clone(),
         allow_loose_key_permissions: false,
         tls12: false,
+        reload_interval: std::time::Duration::from_millis(200),
     }
 }
 
@@ -108,10 +109,7 @@ pub fn relay_config(pki: &TestPki, driver: DriverTarget) -> RelayConfig {
         driver,
         unsafe_driver_target: false,
         tls: pki.server_tls(),
-        rules: vec![Rule {
-            pattern: format!("dns:{GATEWAY_ID}").parse().unwrap(),
-            access: Access::Full,
-        }],
+        rules: vec![Rule { pattern: format!("dns:{GATEWAY_ID}").parse().unwrap(), access: Access::Full }],
         any_client: None,
         link: quick_link(),
         server: ServerSettings::default(),
@@ -123,10 +121,7 @@ pub fn relay_config(pki: &TestPki, driver: DriverTarget) -> RelayConfig {
 pub fn shim_config(pki: &TestPki, socket: &Path, relay: SocketAddr) -> ShimConfig {
     ShimConfig {
         socket: socket.to_path_buf(),
-        upstreams: vec![Upstream {
-            host: "127.0.0.1".into(),
-            port: relay.port(),
-        }],
+        upstreams: vec![Upstream { host: "127.0.0.1".into(), port: relay.port() }],
         server_name: None,
         expect_server: vec![],
         tls: pki.client_tls(),
@@ -166,31 +161,16 @@ impl Chain {
         let mut shim_cfg = shim_config(&pki, &shim_socket, relay.local_addr);
         tweak_shim(&mut shim_cfg);
         let shim = shim::start(shim_cfg, shutdown.clone()).unwrap();
-        Chain {
-            dir,
-            pki,
-            shutdown,
-            driver_socket,
-            shim_socket,
-            relay,
-            shim,
-        }
+        Chain { dir, pki, shutdown, driver_socket, shim_socket, relay, shim }
     }
 
     /// A chain in front of a demo driver.
     pub async fn with_demo_driver() -> (Chain, DemoDriver) {
         let dir = tempfile::tempdir().unwrap();
         let chain = Chain::start_with(dir, |_| {}, |_| {}).await;
-        let driver = DemoDriver::with_options(DemoOptions {
-            provision_delay: Duration::from_millis(50),
-            ..Default::default()
-        });
-        openshell_driver_bridge::demo::serve(
-            &chain.driver_socket,
-            driver.clone(),
-            chain.shutdown.clone(),
-        )
-        .unwrap();
+        let driver =
+            DemoDriver::with_options(DemoOptions { provision_delay: Duration::from_millis(50), ..Default::default() });
+        openshell_driver_bridge::demo::serve(&chain.driver_socket, driver.clone(), chain.shutdown.clone()).unwrap();
         (chain, driver)
     }
 }
@@ -223,11 +203,7 @@ pub struct Answer {
 
 impl Answer {
     pub fn ok(body: Bytes) -> Answer {
-        Answer {
-            body,
-            trailers: vec![("grpc-status".into(), b"0".to_vec())],
-            ..Default::default()
-        }
+        Answer { body, trailers: vec![("grpc-status".into(), b"0".to_vec())], ..Default::default() }
     }
 }
 
@@ -243,15 +219,9 @@ pub struct RawDriver {
 }
 
 impl RawDriver {
-    pub fn serve(
-        socket: &Path,
-        handler: impl Fn(&SeenCall) -> Answer + Send + Sync + 'static,
-    ) -> RawDriver {
+    pub fn serve(socket: &Path, handler: impl Fn(&SeenCall) -> Answer + Send + Sync + 'static) -> RawDriver {
         let listener = PrivateSocket::bind(socket, &[]).unwrap();
-        let driver = RawDriver {
-            seen: Arc::default(),
-            cancelled: Arc::default(),
-        };
+        let driver = RawDriver { seen: Arc::default(), cancelled: Arc::default() };
         let handler: Handler = Arc::new(handler);
         let this = driver.clone();
         tokio::spawn(async move {
@@ -282,16 +252,8 @@ impl RawDriver {
         handler: Handler,
     ) -> Response<BoxBody<Bytes, std::convert::Infallible>> {
         let (parts, body) = req.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        let call = SeenCall {
-            path: parts.uri.path().to_owned(),
-            headers: parts.headers,
-            body,
-        };
+        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let call = SeenCall { path: parts.uri.path().to_owned(), headers: parts.headers, body };
         self.seen.lock().unwrap().push(call.clone());
         let answer = handler(&call);
         if !answer.delay.is_zero() {
@@ -310,9 +272,7 @@ impl RawDriver {
                 http::HeaderValue::from_bytes(value).unwrap(),
             );
         }
-        let body = Full::new(answer.body)
-            .with_trailers(async move { Some(Ok(trailers)) })
-            .boxed();
+        let body = Full::new(answer.body).with_trailers(async move { Some(Ok(trailers)) }).boxed();
         response.body(body).unwrap()
     }
 
@@ -389,12 +349,7 @@ pub fn percent_decode(text: &str) -> String {
 }
 
 /// Sends one request over a fresh HTTP/2 connection to the socket at `path`.
-pub async fn raw_call(
-    path: &Path,
-    uri_path: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-) -> RawResponse {
+pub async fn raw_call(path: &Path, uri_path: &str, headers: &[(&str, &str)], body: Bytes) -> RawResponse {
     let stream = tokio::net::UnixStream::connect(path).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
@@ -409,19 +364,11 @@ pub async fn raw_call(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = sender
-        .send_request(request.body(Full::new(body)).unwrap())
-        .await
-        .unwrap();
+    let response = sender.send_request(request.body(Full::new(body)).unwrap()).await.unwrap();
     let (parts, body) = response.into_parts();
     let collected = body.collect().await.unwrap();
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    RawResponse {
-        status: parts.status,
-        headers: parts.headers,
-        body: collected.to_bytes(),
-        trailers,
-    }
+    RawResponse { status: parts.status, headers: parts.headers, body: collected.to_bytes(), trailers }
 }
 
 /// Wraps a message in gRPC's 5-byte length prefix (uncompressed).
