@@ -20,7 +20,8 @@ pub fn init(args: &LogArgs, demo: bool) -> Result<(), String> {
             filter = filter.add_directive(directive);
         }
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let result =
         if args.log_format == "json" { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
     result.map_err(|e| format!("cannot install the logger: {e}"))

@@ -52,6 +52,17 @@ where
             tracing::warn!(peer, "refused an HTTP/1.x request: this endpoint speaks gRPC over HTTP/2 only");
             let _ = io.write_all(http1_refusal().as_bytes()).await;
             let _ = io.shutdown().await;
+            // Closing with unread request bytes would reset the connection
+            // and lose the answer: read a little of what is left first.
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_millis(200), async {
+                for _ in 0..16 {
+                    if matches!(io.read(&mut sink).await, Ok(0) | Err(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
             None
         }
         Opening::Garbage => {

@@ -74,6 +74,9 @@ pub async fn serve_connection<I: Io>(
     shutdown: &Shutdown,
     peer: &str,
 ) {
+    let Some(io) = super::preface::expect_http2(io, settings.handshake_timeout, peer).await else {
+        return;
+    };
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
