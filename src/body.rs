@@ -209,7 +209,15 @@ pub fn describe_hyper_error(error: &hyper::Error) -> String {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         text.push_str(": ");
-        text.push_str(&cause.to_string());
+        match cause.downcast_ref::<std::io::Error>() {
+            // rustls words an abrupt close with a link to its manual.
+            Some(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                text.push_str("peer closed the connection abruptly");
+                break;
+            }
+            Some(io) => text.push_str(&crate::connect::describe_io_error(io)),
+            None => text.push_str(&cause.to_string()),
+        }
         source = cause.source();
     }
     text

@@ -100,19 +100,27 @@ impl Forwarder {
         let outbound = Request::from_parts(parts, RelayBody::incoming(body));
 
         let log = CallLog { role, method, caller, started };
-        let sent = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, self.inner.link.send(outbound)).await {
-                Ok(result) => result,
-                Err(_) => Err(BridgeStatus::new(
-                    Code::DeadlineExceeded,
-                    format!(
-                        "{role}: deadline of {} ms expired before {} answered",
-                        budget.unwrap_or_default().as_millis(),
-                        self.inner.link.labels().join(", ")
-                    ),
-                )),
-            },
-            None => self.inner.link.send(outbound).await,
+        // Watches end as soon as draining begins; other calls get the drain time.
+        let stop = if streaming { self.inner.shutdown.draining() } else { self.inner.shutdown.stopping() };
+        let send = async {
+            match deadline {
+                Some(at) => match tokio::time::timeout_at(at, self.inner.link.send(outbound)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(BridgeStatus::new(
+                        Code::DeadlineExceeded,
+                        format!(
+                            "{role}: deadline of {} ms expired before {} answered",
+                            budget.unwrap_or_default().as_millis(),
+                            self.inner.link.labels().join(", ")
+                        ),
+                    )),
+                },
+                None => self.inner.link.send(outbound).await,
+            }
+        };
+        let sent = tokio::select! {
+            sent = send => sent,
+            _ = stop.cancelled() => Err(BridgeStatus::new(Code::Unavailable, format!("{role} is shutting down"))),
         };
         let (response, label) = match sent {
             Ok(sent) => sent,
@@ -130,7 +138,6 @@ impl Forwarder {
         if let (Some(at), Some(budget)) = (deadline, budget) {
             body = body.with_deadline(at, budget);
         }
-        let stop = if streaming { self.inner.shutdown.draining() } else { self.inner.shutdown.stopping() };
         body = body
             .with_stop(stop.clone().cancelled_owned(), Arc::from(format!("{role} is shutting down")))
             .with_observer(Box::new(log));

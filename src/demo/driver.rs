@@ -86,6 +86,9 @@ struct Inner {
     /// that subscribes and snapshots under the same lock sees each change
     /// exactly once: either in its snapshot or as a live event.
     events: broadcast::Sender<WatchSandboxesEvent>,
+    /// Calls received per method, for tests that must prove a call was not
+    /// repeated.
+    calls: Mutex<HashMap<&'static str, u64>>,
 }
 
 #[derive(Default)]
@@ -165,7 +168,7 @@ impl DemoDriver {
 
     fn build(opts: DemoOptions, event_buffer: usize) -> Self {
         let (events, _) = broadcast::channel(event_buffer);
-        Self { inner: Arc::new(Inner { opts, state: Mutex::new(State::default()), events }) }
+        Self { inner: Arc::new(Inner { opts, state: Mutex::new(State::default()), events, calls: Mutex::default() }) }
     }
 
     /// Wraps the driver in a tonic service ready to be served.
@@ -178,6 +181,20 @@ impl DemoDriver {
     /// Number of sandboxes currently known, including ones being deleted.
     pub fn sandbox_count(&self) -> usize {
         self.lock().sandboxes.len()
+    }
+
+    /// How many `method` calls reached this driver.
+    pub fn calls(&self, method: &str) -> u64 {
+        self.inner.calls.lock().expect("demo driver call counts poisoned").get(method).copied().unwrap_or(0)
+    }
+
+    /// How many watch streams are open right now.
+    pub fn watchers(&self) -> usize {
+        self.inner.events.receiver_count()
+    }
+
+    fn count_call(&self, method: &'static str) {
+        *self.inner.calls.lock().expect("demo driver call counts poisoned").entry(method).or_insert(0) += 1;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -268,6 +285,7 @@ impl ComputeDriver for DemoDriver {
         &self,
         _request: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<GetCapabilitiesResponse>, Status> {
+        self.count_call("GetCapabilities");
         debug!(method = "GetCapabilities", "demo driver call");
         let opts = &self.inner.opts;
         Ok(Response::new(GetCapabilitiesResponse {
@@ -282,6 +300,7 @@ impl ComputeDriver for DemoDriver {
         &self,
         _request: Request<GetGatewayListenerRequirementsRequest>,
     ) -> Result<Response<GetGatewayListenerRequirementsResponse>, Status> {
+        self.count_call("GetGatewayListenerRequirements");
         debug!(method = "GetGatewayListenerRequirements", "demo driver call");
         Ok(Response::new(GetGatewayListenerRequirementsResponse {
             requirements: vec![GatewayListenerRequirement {
@@ -296,6 +315,7 @@ impl ComputeDriver for DemoDriver {
         request: Request<ValidateSandboxCreateRequest>,
     ) -> Result<Response<ValidateSandboxCreateResponse>, Status> {
         let sandbox = request.into_inner().sandbox;
+        self.count_call("ValidateSandboxCreate");
         debug!(method = "ValidateSandboxCreate", sandbox_id = sandbox_id_of(sandbox.as_ref()), "demo driver call");
         validate_create(&self.lock(), &require_sandbox(sandbox)?)?;
         Ok(Response::new(ValidateSandboxCreateResponse {}))
@@ -303,6 +323,7 @@ impl ComputeDriver for DemoDriver {
 
     async fn get_sandbox(&self, request: Request<GetSandboxRequest>) -> Result<Response<GetSandboxResponse>, Status> {
         let GetSandboxRequest { sandbox_id, sandbox_name } = request.into_inner();
+        self.count_call("GetSandbox");
         debug!(method = "GetSandbox", %sandbox_id, %sandbox_name, "demo driver call");
         let state = self.lock();
         let sandbox = resolve(&state, &sandbox_id, &sandbox_name)?
@@ -315,6 +336,7 @@ impl ComputeDriver for DemoDriver {
         &self,
         _request: Request<ListSandboxesRequest>,
     ) -> Result<Response<ListSandboxesResponse>, Status> {
+        self.count_call("ListSandboxes");
         debug!(method = "ListSandboxes", "demo driver call");
         let sandboxes = self.lock().sandboxes.values().cloned().collect();
         Ok(Response::new(ListSandboxesResponse { sandboxes }))
@@ -325,6 +347,7 @@ impl ComputeDriver for DemoDriver {
         request: Request<CreateSandboxRequest>,
     ) -> Result<Response<CreateSandboxResponse>, Status> {
         let sandbox = request.into_inner().sandbox;
+        self.count_call("CreateSandbox");
         debug!(method = "CreateSandbox", sandbox_id = sandbox_id_of(sandbox.as_ref()), "demo driver call");
         let (id, instance_id) = {
             let sandbox = require_sandbox(sandbox)?;
@@ -347,6 +370,7 @@ impl ComputeDriver for DemoDriver {
         request: Request<StopSandboxRequest>,
     ) -> Result<Response<StopSandboxResponse>, Status> {
         let StopSandboxRequest { sandbox_id, sandbox_name } = request.into_inner();
+        self.count_call("StopSandbox");
         debug!(method = "StopSandbox", %sandbox_id, %sandbox_name, "demo driver call");
         self.change_phase(&sandbox_id, &sandbox_name, Phase::Stopped)?;
         Ok(Response::new(StopSandboxResponse {}))
@@ -357,6 +381,7 @@ impl ComputeDriver for DemoDriver {
         request: Request<StartSandboxRequest>,
     ) -> Result<Response<StartSandboxResponse>, Status> {
         let StartSandboxRequest { sandbox_id, sandbox_name } = request.into_inner();
+        self.count_call("StartSandbox");
         debug!(method = "StartSandbox", %sandbox_id, %sandbox_name, "demo driver call");
         self.change_phase(&sandbox_id, &sandbox_name, Phase::Running)?;
         Ok(Response::new(StartSandboxResponse {}))
@@ -367,6 +392,7 @@ impl ComputeDriver for DemoDriver {
         request: Request<DeleteSandboxRequest>,
     ) -> Result<Response<DeleteSandboxResponse>, Status> {
         let DeleteSandboxRequest { sandbox_id, sandbox_name } = request.into_inner();
+        self.count_call("DeleteSandbox");
         debug!(method = "DeleteSandbox", %sandbox_id, %sandbox_name, "demo driver call");
         let (key, instance_id) = {
             let mut state = self.lock();
@@ -394,6 +420,7 @@ impl ComputeDriver for DemoDriver {
         &self,
         _request: Request<WatchSandboxesRequest>,
     ) -> Result<Response<Self::WatchSandboxesStream>, Status> {
+        self.count_call("WatchSandboxes");
         debug!(method = "WatchSandboxes", "demo driver call");
         let (backlog, live) = {
             let state = self.lock();
@@ -410,6 +437,7 @@ impl ComputeDriver for DemoDriver {
         request: Request<EnsureWorkspaceRequest>,
     ) -> Result<Response<EnsureWorkspaceResponse>, Status> {
         let workspace = request.into_inner().workspace;
+        self.count_call("EnsureWorkspace");
         debug!(method = "EnsureWorkspace", %workspace, "demo driver call");
         if workspace.is_empty() {
             return Err(Status::invalid_argument("workspace is required"));
@@ -423,6 +451,7 @@ impl ComputeDriver for DemoDriver {
         request: Request<DeleteWorkspaceRequest>,
     ) -> Result<Response<DeleteWorkspaceResponse>, Status> {
         let workspace = request.into_inner().workspace;
+        self.count_call("DeleteWorkspace");
         debug!(method = "DeleteWorkspace", %workspace, "demo driver call");
         self.lock().workspaces.remove(&workspace);
         Ok(Response::new(DeleteWorkspaceResponse {}))

@@ -5,6 +5,7 @@
 //! client on the shim's socket.
 #![allow(dead_code)]
 
+pub mod fault;
 pub mod process;
 
 use std::collections::HashMap;

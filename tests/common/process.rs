@@ -129,7 +129,8 @@ pub fn tls_args(ca: &Path, (cert, key): &(PathBuf, PathBuf)) -> Vec<String> {
 pub struct ProcessChain {
     pub dir: tempfile::TempDir,
     pub pki: TestPki,
-    pub driver: Bridge,
+    /// The demo-driver process, when the chain runs one.
+    pub driver: Option<Bridge>,
     pub relay: Bridge,
     pub shim: Bridge,
     pub relay_addr: String,
@@ -141,16 +142,33 @@ impl ProcessChain {
     /// Starts the three with extra flags for relay and shim and an extra
     /// environment for all (e.g. `RUST_LOG`).
     pub async fn start(relay_extra: &[&str], shim_extra: &[&str], env: &[(&str, &str)]) -> ProcessChain {
+        Self::start_with_driver(relay_extra, shim_extra, env, |socket| {
+            Box::pin(async move {
+                let driver = Bridge::spawn(
+                    "driver",
+                    &["demo-driver".into(), "--socket".into(), socket.display().to_string()],
+                    env,
+                );
+                driver.expect_log(&["demo driver serving"]).await;
+                Some(driver)
+            })
+        })
+        .await
+    }
+
+    /// Like `start`, but `driver` starts whatever serves the driver socket
+    /// (it gets the socket path) and returns the process to keep, if any.
+    pub async fn start_with_driver<'a>(
+        relay_extra: &[&str],
+        shim_extra: &[&str],
+        env: &'a [(&'a str, &'a str)],
+        driver: impl FnOnce(PathBuf) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bridge>> + 'a>>,
+    ) -> ProcessChain {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::new(&dir.path().join("pki"));
         let driver_socket = dir.path().join("driver/driver.sock");
         let shim_socket = dir.path().join("shim/compute-driver.sock");
-        let driver = Bridge::spawn(
-            "driver",
-            &["demo-driver".into(), "--socket".into(), driver_socket.display().to_string()],
-            env,
-        );
-        driver.expect_log(&["demo driver serving"]).await;
+        let driver = driver(driver_socket.clone()).await;
 
         let mut relay_args: Vec<String> = vec![
             "relay".into(),
@@ -193,7 +211,8 @@ impl ProcessChain {
     }
 
     pub fn output(&self) -> String {
-        format!("{}\n{}\n{}", self.driver.output(), self.relay.output(), self.shim.output())
+        let driver = self.driver.as_ref().map(Bridge::output).unwrap_or_default();
+        format!("{driver}\n{}\n{}", self.relay.output(), self.shim.output())
     }
 }
 
