@@ -2,11 +2,26 @@
 
 use std::process::ExitCode;
 
-use crate::config::{CertsCommand, Command};
+use crate::config::{CertsCommand, Command, Parsed};
 use crate::shutdown::{on_signals, Shutdown};
 
-pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {
+pub async fn run(parsed: Parsed) -> anyhow::Result<ExitCode> {
+    let print_config = match &parsed.cli.command {
+        Command::Shim(args) => args.file.print_config,
+        Command::Relay(args) => args.file.print_config,
+        _ => false,
+    };
+    if print_config {
+        // Validate first: a configuration that would not start is an error, not a listing.
+        match &parsed.cli.command {
+            Command::Shim(args) => drop(args.to_config().map_err(anyhow::Error::msg)?),
+            Command::Relay(args) => drop(args.to_config().map_err(anyhow::Error::msg)?),
+            _ => {}
+        }
+        print!("{}", parsed.effective.unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    match parsed.cli.command {
         Command::Shim(args) => {
             let config = args.to_config().map_err(anyhow::Error::msg)?;
             let drain = config.drain_timeout;

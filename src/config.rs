@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::forward::ForwardOptions;
 use crate::link::LinkSettings;
@@ -16,6 +20,8 @@ use crate::relay::{DriverTarget, RelayConfig};
 use crate::shim::{ShimConfig, Upstream};
 use crate::tls::config::TlsFiles;
 use crate::tls::identity::IdentityPattern;
+
+pub mod file;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,6 +62,17 @@ pub struct LogArgs {
     /// Log format.
     #[arg(long, global = true, env = "OPENSHELL_BRIDGE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+}
+
+/// Where settings may also come from, and showing them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FileArgs {
+    /// TOML file whose keys are this command's flag names (e.g. connect-wait = "15s"); flags and environment win.
+    #[arg(long, env = "OPENSHELL_BRIDGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (as a TOML file, with where each value came from) and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -200,6 +217,8 @@ pub struct ShimArgs {
     #[arg(long = "allow-uid", env = "OPENSHELL_BRIDGE_ALLOW_UID", value_name = "UID", value_delimiter = ',')]
     pub allow_uids: Vec<u32>,
     #[command(flatten)]
+    pub file: FileArgs,
+    #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
@@ -267,6 +286,8 @@ pub struct RelayArgs {
     /// Admit any client certificate issued by --ca (must be asked for explicitly).
     #[arg(long, env = "OPENSHELL_BRIDGE_ALLOW_ANY_CLIENT")]
     pub allow_any_client: bool,
+    #[command(flatten)]
+    pub file: FileArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
@@ -363,6 +384,89 @@ pub struct DemoArgs {
     /// Drive a short scripted session through the shim, print it, and exit 0 only if every step behaved.
     #[arg(long)]
     pub smoke: bool,
+}
+
+/// The parsed command line, with what is needed to show where values came from.
+pub struct Parsed {
+    pub cli: Cli,
+    /// The effective configuration of the role, rendered as TOML.
+    pub effective: Option<String>,
+}
+
+/// Parses `args` (the process's arguments), merging a `--config` file in.
+pub fn parse_from(args: Vec<OsString>) -> Result<Parsed, ParseError> {
+    let command = Cli::command();
+    let merged = file::merge(&command, args).map_err(ParseError::File)?;
+    let matches = command.try_get_matches_from(merged.args).map_err(ParseError::Clap)?;
+    let cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
+    let effective = matches.subcommand().and_then(|(name, sub)| {
+        let command = Cli::command();
+        command.find_subcommand(name).map(|c| render_effective(c, sub, &merged.from_file))
+    });
+    Ok(Parsed { cli, effective })
+}
+
+#[derive(Debug)]
+pub enum ParseError {
+    Clap(clap::Error),
+    File(String),
+}
+
+/// Every setting of a role as TOML, each with where its value came from.
+/// Paths only: key material is never read here.
+fn render_effective(command: &clap::Command, matches: &ArgMatches, from_file: &BTreeSet<String>) -> String {
+    let mut out = format!("# effective configuration of `openshell-driver-bridge {}`\n", command.get_name());
+    for arg in command.get_arguments() {
+        let Some(name) = arg.get_long() else { continue };
+        if file::is_not_in_file(name) {
+            continue;
+        }
+        let id = arg.get_id().as_str();
+        let source = if from_file.contains(name) {
+            "file"
+        } else {
+            match matches.value_source(id) {
+                Some(ValueSource::CommandLine) => "flag",
+                Some(ValueSource::EnvVariable) => "env",
+                Some(ValueSource::DefaultValue) => "default",
+                _ => "unset",
+            }
+        };
+        let raw: Vec<String> = matches
+            .get_raw(id)
+            .map(|values| values.map(|v| v.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let value = match arg.get_action() {
+            clap::ArgAction::SetTrue => (source != "unset" && raw.first().map(String::as_str) != Some("false"))
+                .then(|| "true".to_owned())
+                .or(Some("false".to_owned())),
+            clap::ArgAction::Append => (!raw.is_empty())
+                .then(|| format!("[{}]", raw.iter().map(|v| toml_scalar(v)).collect::<Vec<_>>().join(", "))),
+            _ => raw.first().map(|v| toml_scalar(v)),
+        };
+        match value {
+            Some(value) => out.push_str(&format!("{name} = {value}  # {source}\n")),
+            None => out.push_str(&format!("# {name} = (not set)\n")),
+        }
+    }
+    out
+}
+
+/// A TOML scalar: integers bare, everything else a quoted string.
+fn toml_scalar(value: &str) -> String {
+    if !value.is_empty() && value.len() < 19 && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value.to_owned();
+    }
+    let escaped: String = value
+        .chars()
+        .flat_map(|c| match c {
+            '"' => vec!['\\', '"'],
+            '\\' => vec!['\\', '\\'],
+            c if c.is_control() => format!("\\u{:04X}", c as u32).chars().collect(),
+            c => vec![c],
+        })
+        .collect();
+    format!("\"{escaped}\"")
 }
 
 /// Parses `250ms`, `15s`, `2m`, `1h` (a bare number means seconds).

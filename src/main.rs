@@ -3,14 +3,20 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use openshell_driver_bridge::config::{Cli, Command};
+use openshell_driver_bridge::config::{parse_from, Command, ParseError};
 use openshell_driver_bridge::{cli, logging};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let demo = matches!(cli.command, Command::Demo(_));
-    if let Err(e) = logging::init(&cli.log, demo) {
+    let parsed = match parse_from(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(ParseError::Clap(e)) => e.exit(),
+        Err(ParseError::File(message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let demo = matches!(parsed.cli.command, Command::Demo(_));
+    if let Err(e) = logging::init(&parsed.cli.log, demo) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
@@ -21,7 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli.command)) {
+    match runtime.block_on(cli::run(parsed)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -34,7 +34,8 @@ fn sandbox(id: &str) -> DriverSandbox {
 
 /// driver <- relay <- fault proxy <- shim, each part separately stoppable.
 struct Rig {
-    dir: tempfile::TempDir,
+    /// Keeps the sockets and certificates alive for the rig's lifetime.
+    _dir: tempfile::TempDir,
     pki: TestPki,
     driver_socket: PathBuf,
     shim_socket: PathBuf,
@@ -60,7 +61,7 @@ impl Rig {
         tweak_shim(&mut config);
         let shim_shutdown = Shutdown::new();
         shim::start(config, shim_shutdown.clone()).unwrap();
-        Rig { dir, pki, driver_socket, shim_socket, relay_shutdown, relay, proxy, shim_shutdown }
+        Rig { _dir: dir, pki, driver_socket, shim_socket, relay_shutdown, relay, proxy, shim_shutdown }
     }
 
     fn demo_driver(&self) -> (DemoDriver, Shutdown) {

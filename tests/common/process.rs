@@ -201,7 +201,7 @@ impl ProcessChain {
             "--connect-wait".into(),
             "3s".into(),
         ];
-        if !shim_extra.iter().any(|a| *a == "--cert") {
+        if !shim_extra.contains(&"--cert") {
             shim_args.extend(tls_args(&pki.ca_file, &pki.client));
         }
         shim_args.extend(shim_extra.iter().map(|s| s.to_string()));

@@ -1,0 +1,291 @@
+//! The configuration file: a TOML file whose keys are the role's flag names
+//! (`upstream = ["https://relay:7443"]`, `allow-client = ["dns:gw"]`,
+//! `connect-wait = "15s"`). Precedence: flag > environment > file >
+//! default. The file is turned into flags before the command line is parsed,
+//! so every value goes through exactly the validation a flag gets, and an
+//! error names the file, the line and the key.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::path::Path;
+
+use clap::{ArgAction, Command};
+use toml::de::{DeTable, DeValue};
+
+/// Flags that make no sense in a file.
+const NOT_IN_FILE: &[&str] = &["help", "version", "config", "print-config"];
+
+/// The outcome of merging a file into the command line.
+pub struct Merged {
+    pub args: Vec<OsString>,
+    /// Flag names whose value came from the file.
+    pub from_file: BTreeSet<String>,
+}
+
+/// Finds `--config FILE` (or `OPENSHELL_BRIDGE_CONFIG`) for `subcommand` and
+/// inserts the file's settings into `args` as flags, right after the
+/// subcommand, for every flag not already set by a flag or the environment.
+pub fn merge(cli: &Command, args: Vec<OsString>) -> Result<Merged, String> {
+    let Some((position, name)) = subcommand_position(cli, &args) else {
+        return Ok(Merged { args, from_file: BTreeSet::new() });
+    };
+    let Some(command) = cli.find_subcommand(&name) else {
+        return Ok(Merged { args, from_file: BTreeSet::new() });
+    };
+    let path = match flag_value(&args[position + 1..], "config") {
+        Some(path) => path,
+        None => match std::env::var_os("OPENSHELL_BRIDGE_CONFIG") {
+            Some(path) if command.get_arguments().any(|a| a.get_id() == "config") && !path.is_empty() => path,
+            _ => return Ok(Merged { args, from_file: BTreeSet::new() }),
+        },
+    };
+    let path = Path::new(&path);
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--config {}: cannot read: {e}", path.display()))?;
+    let flags = file_to_flags(command, &path.display().to_string(), &text, &args[position + 1..])?;
+    let mut merged = args;
+    let from_file = flags.iter().map(|(name, _)| name.clone()).collect();
+    let inserted: Vec<OsString> = flags.into_iter().flat_map(|(_, values)| values).collect();
+    merged.splice(position + 1..position + 1, inserted);
+    Ok(Merged { args: merged, from_file })
+}
+
+/// Index and name of the first subcommand on the command line.
+fn subcommand_position(cli: &Command, args: &[OsString]) -> Option<(usize, String)> {
+    args.iter().enumerate().skip(1).find_map(|(i, arg)| {
+        let text = arg.to_str()?;
+        cli.find_subcommand(text).map(|_| (i, text.to_owned()))
+    })
+}
+
+/// The value of `--name V` or `--name=V` among `args`.
+fn flag_value(args: &[OsString], name: &str) -> Option<OsString> {
+    let long = format!("--{name}");
+    let with_eq = format!("--{name}=");
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy();
+        if text == long {
+            return iter.next().cloned();
+        }
+        if let Some(value) = text.strip_prefix(&with_eq) {
+            return Some(OsString::from(value));
+        }
+    }
+    None
+}
+
+fn given_on_command_line(args: &[OsString], name: &str) -> bool {
+    let long = format!("--{name}");
+    let with_eq = format!("--{name}=");
+    args.iter().any(|a| {
+        let text = a.to_string_lossy();
+        text == long || text.starts_with(&with_eq)
+    })
+}
+
+/// Turns the file into `--flag value` arguments, validating each value with
+/// the flag's own parser. Returns (flag name, arguments) pairs.
+pub fn file_to_flags(
+    command: &Command,
+    file: &str,
+    text: &str,
+    command_line: &[OsString],
+) -> Result<Vec<(String, Vec<OsString>)>, String> {
+    let table =
+        DeTable::parse(text).map_err(|e| format!("--config {file}: not valid TOML: {}", one_line(&e.to_string())))?;
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let mut out = Vec::new();
+    for (key, value) in table.get_ref().iter() {
+        let line = line_of(key.span().start);
+        let key_text = key.get_ref().as_ref().replace('_', "-");
+        let at = format!("{file}:{line}: key `{}`", key.get_ref().as_ref());
+        if value.get_ref().is_table() {
+            return Err(format!("{at}: sections are not supported; write the role's flags as top-level keys"));
+        }
+        let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(key_text.as_str())) else {
+            return Err(format!(
+                "{at}: unknown key for `{}`; known keys: {}",
+                command.get_name(),
+                known_keys(command).join(", ")
+            ));
+        };
+        if NOT_IN_FILE.contains(&key_text.as_str()) {
+            return Err(format!("{at}: cannot be set in a configuration file"));
+        }
+        let env_set = arg.get_env().is_some_and(|env| std::env::var_os(env).is_some_and(|v| !v.is_empty()));
+        if given_on_command_line(command_line, &key_text) || env_set {
+            continue;
+        }
+        let values = toml_values(value.get_ref()).map_err(|e| format!("{at}: {e}"))?;
+        let flag = OsString::from(format!("--{key_text}"));
+        let mut argv = Vec::new();
+        match arg.get_action() {
+            ArgAction::SetTrue => match value.get_ref() {
+                DeValue::Boolean(true) => argv.push(flag),
+                DeValue::Boolean(false) => {}
+                other => return Err(format!("{at}: expected true or false, found {}", other.type_str())),
+            },
+            ArgAction::Append => {
+                for v in values {
+                    check_value(command, arg, &v).map_err(|e| format!("{at}: {e}"))?;
+                    argv.push(flag.clone());
+                    argv.push(OsString::from(v));
+                }
+            }
+            _ => {
+                let [single] = values.as_slice() else {
+                    return Err(format!("{at}: expected one value, found a list"));
+                };
+                check_value(command, arg, single).map_err(|e| format!("{at}: {e}"))?;
+                argv.push(flag);
+                argv.push(OsString::from(single));
+            }
+        }
+        out.push((key_text, argv));
+    }
+    Ok(out)
+}
+
+pub fn is_not_in_file(name: &str) -> bool {
+    NOT_IN_FILE.contains(&name)
+}
+
+fn known_keys(command: &Command) -> Vec<String> {
+    command
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|name| !NOT_IN_FILE.contains(name))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Scalars become one value, arrays several; tables are not allowed.
+fn toml_values(value: &DeValue<'_>) -> Result<Vec<String>, String> {
+    match value {
+        DeValue::String(s) => Ok(vec![s.to_string()]),
+        DeValue::Integer(i) => Ok(vec![i.as_str().replace('_', "")]),
+        DeValue::Float(f) => Ok(vec![f.as_str().to_owned()]),
+        DeValue::Boolean(b) => Ok(vec![b.to_string()]),
+        DeValue::Array(items) => items
+            .iter()
+            .map(|item| match item.get_ref() {
+                DeValue::Array(_) | DeValue::Table(_) => Err("lists may hold only strings and numbers".to_owned()),
+                scalar => toml_values(scalar).map(|mut v| v.remove(0)),
+            })
+            .collect(),
+        DeValue::Datetime(_) => Err("a date is not a valid value here; write durations as strings like \"15s\"".into()),
+        DeValue::Table(_) => Err("sections are not supported; write the role's flags as top-level keys".into()),
+    }
+}
+
+/// Runs the flag's own parser on `value`, so the file gets the same check
+/// (a one-flag command carrying just that flag's parser).
+fn check_value(command: &Command, arg: &clap::Arg, value: &str) -> Result<(), String> {
+    let long = arg.get_long().unwrap_or_default();
+    let probe = clap::Arg::new(arg.get_id().clone())
+        .long(long.to_owned())
+        .value_parser(arg.get_value_parser().clone())
+        .action(ArgAction::Set);
+    Command::new(command.get_name().to_owned())
+        .no_binary_name(true)
+        .arg(probe)
+        .try_get_matches_from([OsString::from(format!("--{long}")), OsString::from(value)])
+        .map(|_| ())
+        .map_err(|e| {
+            let text = one_line(&e.render().to_string());
+            let text = text.trim_start_matches("error: ");
+            text.split("; Usage:")
+                .next()
+                .unwrap_or_default()
+                .split("; For more information")
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+}
+
+fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::config::{parse_from, Cli, Command as Role};
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    fn write(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bridge.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path.display().to_string())
+    }
+
+    const BASE: &str = "socket = \"/run/b/s.sock\"\nupstream = [\"https://a:1\", \"https://b:2\"]\n\
+        ca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+
+    #[test]
+    fn file_values_fill_in_and_flags_win() {
+        let (_dir, path) = write(&format!("{BASE}connect_wait = \"20s\"\nmax-connections = 64\ntls12 = true\n"));
+        let parsed = parse_from(args(&["bridge", "shim", "--config", &path, "--max-connections", "8"])).unwrap();
+        let Role::Shim(shim) = parsed.cli.command else { panic!("not shim") };
+        assert_eq!(shim.upstreams, vec!["https://a:1", "https://b:2"]);
+        assert_eq!(shim.tuning.connect_wait, std::time::Duration::from_secs(20));
+        assert_eq!(shim.tuning.max_connections, 8);
+        assert!(shim.tls.tls12);
+        let shown = parsed.effective.unwrap();
+        assert!(shown.contains("max-connections = 8  # flag"), "{shown}");
+        assert!(shown.contains("connect-wait = \"20s\"  # file"), "{shown}");
+        assert!(shown.contains("keepalive-timeout = \"5s\"  # default"), "{shown}");
+        assert!(!shown.contains("BEGIN"), "key material must never be shown");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases = [
+            ("bogus = 1\n", ":6: key `bogus`: unknown key"),
+            ("connect-wait = \"fast\"\n", ":6: key `connect-wait`: invalid value 'fast'"),
+            ("max-connections = \"many\"\n", ":6: key `max-connections`: invalid value 'many'"),
+            ("tls12 = \"yes\"\n", ":6: key `tls12`: expected true or false"),
+            ("[shim]\nsocket = \"x\"\n", ":6: key `shim`: sections are not supported"),
+            ("socket2 = [[1]]\n", "unknown key"),
+            ("server-name = [\"a\", \"b\"]\n", "expected one value"),
+            ("config = \"other.toml\"\n", "cannot be set in a configuration file"),
+            ("socket = [1\n", "not valid TOML"),
+        ];
+        for (extra, expected) in cases {
+            let (_dir, path) = write(&format!("{BASE}{extra}"));
+            let Err(crate::config::ParseError::File(message)) =
+                parse_from(args(&["bridge", "shim", "--config", &path]))
+            else {
+                panic!("{extra:?} was accepted");
+            };
+            assert!(message.contains(expected), "{extra:?}: {message}");
+            assert!(message.contains("bridge.toml"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let Err(crate::config::ParseError::File(message)) =
+            parse_from(args(&["bridge", "relay", "--config", "/nonexistent/relay.toml"]))
+        else {
+            panic!("accepted");
+        };
+        assert!(message.contains("--config /nonexistent/relay.toml: cannot read"), "{message}");
+    }
+
+    #[test]
+    fn every_role_flag_can_be_written_in_a_file() {
+        let cli = Cli::command();
+        for role in ["shim", "relay"] {
+            let command = cli.find_subcommand(role).unwrap();
+            assert!(command.get_arguments().any(|a| a.get_long() == Some("config")), "{role} lacks --config");
+        }
+    }
+}
