@@ -174,7 +174,9 @@ impl Body for RelayBody {
     fn is_end_stream(&self) -> bool {
         match (&self.inner, &self.ending) {
             (None, None) => true,
-            (Some(inner), None) => self.guard.is_none() && inner.is_end_stream(),
+            // An upstream that already ended (a Trailers-Only response) must stay
+            // Trailers-Only here: gRPC clients other than tonic insist on it.
+            (Some(inner), None) => inner.is_end_stream(),
             _ => false,
         }
     }

@@ -308,3 +308,20 @@ async fn upstream_down_fails_with_unavailable_naming_the_upstream() {
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     shutdown.stop_now();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailers_only_error_stays_trailers_only() {
+    // Drivers answer early errors with the status in the only HEADERS frame;
+    // grpcio (the C core) reports UNKNOWN unless it arrives exactly so.
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Chain::start_with(dir, |_| {}, |_| {}).await;
+    RawDriver::serve(&chain.driver_socket, |_| Answer {
+        headers: vec![("grpc-status".into(), b"5".to_vec()), ("grpc-message".into(), b"no such sandbox".to_vec())],
+        ..Default::default()
+    });
+    let response = raw_call(&chain.shim_socket, &format!("{SERVICE}/GetSandbox"), &[], grpc_frame(b"")).await;
+    assert!(response.ended_with_headers, "the bridge added an empty DATA frame after a Trailers-Only response");
+    assert_eq!(response.headers["grpc-status"], "5");
+    assert_eq!(response.headers["grpc-message"], "no such sandbox");
+    assert!(response.body.is_empty() && response.trailers.is_empty());
+}

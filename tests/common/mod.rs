@@ -275,7 +275,13 @@ impl RawDriver {
                 http::HeaderValue::from_bytes(value).unwrap(),
             );
         }
-        let body = Full::new(answer.body).with_trailers(async move { Some(Ok(trailers)) }).boxed();
+        // No trailers given: a Trailers-Only response (status in the headers,
+        // END_STREAM on the HEADERS frame), as drivers send for early errors.
+        let body = if trailers.is_empty() {
+            http_body_util::Empty::new().boxed()
+        } else {
+            Full::new(answer.body).with_trailers(async move { Some(Ok(trailers)) }).boxed()
+        };
         response.body(body).unwrap()
     }
 
@@ -307,6 +313,8 @@ impl Drop for CancelGuard {
 /// A complete raw response: headers, data, trailers.
 #[derive(Debug)]
 pub struct RawResponse {
+    /// The response ended with its HEADERS frame (Trailers-Only).
+    pub ended_with_headers: bool,
     pub status: http::StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -369,9 +377,16 @@ pub async fn raw_call(path: &Path, uri_path: &str, headers: &[(&str, &str)], bod
     }
     let response = sender.send_request(request.body(Full::new(body)).unwrap()).await.unwrap();
     let (parts, body) = response.into_parts();
+    let ended_with_headers = http_body::Body::is_end_stream(&body);
     let collected = body.collect().await.unwrap();
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    RawResponse { status: parts.status, headers: parts.headers, body: collected.to_bytes(), trailers }
+    RawResponse {
+        ended_with_headers,
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
 }
 
 /// Wraps a message in gRPC's 5-byte length prefix (uncompressed).
