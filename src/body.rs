@@ -32,6 +32,8 @@ pub trait CallObserver: Send + Sync + 'static {
 /// A request or response body in flight through the bridge.
 pub struct RelayBody {
     inner: Option<Incoming>,
+    /// A message the bridge answers with itself (health checks).
+    data: Option<Bytes>,
     /// Trailers the bridge decided to end the stream with.
     ending: Option<HeaderMap>,
     guard: Option<Box<StreamGuard>>,
@@ -51,13 +53,18 @@ struct StreamGuard {
 impl RelayBody {
     /// A body with no frames (Trailers-Only responses, empty requests).
     pub fn empty() -> Self {
-        RelayBody { inner: None, ending: None, guard: None }
+        RelayBody { inner: None, data: None, ending: None, guard: None }
     }
 
     /// Passes `incoming` through unchanged; its errors stay errors, so a
     /// client that resets its stream resets the upstream stream too.
     pub fn incoming(incoming: Incoming) -> Self {
-        RelayBody { inner: Some(incoming), ending: None, guard: None }
+        RelayBody { inner: Some(incoming), data: None, ending: None, guard: None }
+    }
+
+    /// One data frame then `trailers`: an answer the bridge gives itself.
+    pub fn complete(data: Bytes, trailers: HeaderMap) -> Self {
+        RelayBody { inner: None, data: Some(data), ending: Some(trailers), guard: None }
     }
 
     /// A response body from `hop` that ends with a gRPC status, never a bare
@@ -66,6 +73,7 @@ impl RelayBody {
     pub fn response(incoming: Incoming, hop: Arc<str>, header_status: Option<String>) -> Self {
         RelayBody {
             inner: Some(incoming),
+            data: None,
             ending: None,
             guard: Some(Box::new(StreamGuard {
                 hop,
@@ -121,6 +129,9 @@ impl Body for RelayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(data) = this.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         if let Some(trailers) = this.ending.take() {
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
@@ -173,7 +184,7 @@ impl Body for RelayBody {
 
     fn is_end_stream(&self) -> bool {
         match (&self.inner, &self.ending) {
-            (None, None) => true,
+            (None, None) => self.data.is_none(),
             // An upstream that already ended (a Trailers-Only response) must stay
             // Trailers-Only here: gRPC clients other than tonic insist on it.
             (Some(inner), None) => inner.is_end_stream(),
@@ -184,7 +195,7 @@ impl Body for RelayBody {
     fn size_hint(&self) -> SizeHint {
         match (&self.inner, &self.ending) {
             (Some(inner), None) => inner.size_hint(),
-            (None, None) => SizeHint::with_exact(0),
+            (None, None) => SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64)),
             _ => SizeHint::default(),
         }
     }

@@ -38,7 +38,6 @@ use hyper_util::rt::TokioIo;
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::ClientCertVerifier as _;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{AlertDescription, CertificateError, RootCertStore};
 use time::OffsetDateTime;
@@ -75,15 +74,14 @@ const EMPTY_SETTINGS_FRAME: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
 
 /// `check`: either `--socket PATH`, or a role followed by that role's flags.
 #[derive(Args, Debug, Clone)]
-#[command(
-    args_conflicts_with_subcommands = true,
-    after_help = "Examples:\n  \
-        openshell-driver-bridge check shim --socket /run/bridge/compute-driver.sock --upstream https://relay.example:7443 --ca ca.pem --cert client.pem --key client-key.pem\n  \
-        openshell-driver-bridge check relay --listen 0.0.0.0:7443 --driver-socket /run/driver.sock --allow-client dns:openshell-gateway --ca ca.pem --cert server.pem --key server-key.pem\n  \
-        openshell-driver-bridge check --socket /run/bridge/compute-driver.sock\n\n\
-        Prints one line per step (OK, WARN, FAIL or SKIP) and a hint for each problem.\n\
-        Exit status: 0 when no step failed, 1 when one did, 2 when the command line is wrong."
-)]
+#[command(after_help = "Examples:\n  \
+    openshell-driver-bridge check shim --socket /run/openshell-bridge/compute-driver.sock \\\n      \
+    --upstream https://relay.example:7443 --ca ca.pem --cert client.pem --key client-key.pem\n  \
+    openshell-driver-bridge check relay --listen 0.0.0.0:7443 --driver-socket /run/driver/driver.sock \\\n      \
+    --allow-client dns:openshell-gateway --ca ca.pem --cert server.pem --key server-key.pem\n  \
+    openshell-driver-bridge check --socket /run/openshell-bridge/compute-driver.sock\n\n\
+    Prints one line per step (OK, WARN, FAIL or SKIP), a hint under each problem, and a summary.\n\
+    Exit status: 0 when no step failed, 1 when one did, 2 when the command line is wrong.")]
 pub struct CheckArgs {
     /// Check a shim's socket as the gateway sees it: connect, GetCapabilities, ListSandboxes.
     #[arg(long, value_name = "PATH")]
@@ -124,7 +122,9 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             report.header("relay", timeout);
             check_relay(&relay, timeout, &mut report).await;
         }
-        (Some(_), Some(_)) => anyhow::bail!("give either --socket PATH or a role (check shim ..., check relay ...), not both"),
+        (Some(_), Some(_)) => {
+            anyhow::bail!("give either --socket PATH or a role (check shim ..., check relay ...), not both")
+        }
         (None, None) => anyhow::bail!(
             "nothing to check: give --socket PATH (a shim's socket), or `shim` or `relay` followed by that role's flags"
         ),
@@ -215,8 +215,17 @@ impl Report {
 // ---------------------------------------------------------------------------
 // check shim
 
-const SHIM_STEPS: &[&str] =
-    &["files", "cert-key", "chain", "validity", "peer-name", "socket", "tcp-connect", "tls-handshake", "get-capabilities"];
+const SHIM_STEPS: &[&str] = &[
+    "files",
+    "cert-key",
+    "chain",
+    "validity",
+    "peer-name",
+    "socket",
+    "tcp-connect",
+    "tls-handshake",
+    "get-capabilities",
+];
 
 async fn check_shim(args: &ShimArgs, timeout: Duration, report: &mut Report) {
     let config = match args.to_config() {
@@ -381,7 +390,7 @@ impl LinkCheck<'_> {
         let mut stream = match tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                return fail(format!("{authority}: {}", describe_tls_io_error(&e)), self.handshake_hint(&e));
+                return fail(format!("{authority}: {}", describe_tls_io_error(&e)), self.handshake_hint(&e, false));
             }
             Err(_) => {
                 return fail(
@@ -393,10 +402,12 @@ impl LinkCheck<'_> {
         let session = describe_session(stream.get_ref().1);
         match open_http2(&mut stream, self.timeout).await {
             Opening::Answered => session,
-            Opening::Refused(e) => fail(format!("{authority}: {}", describe_tls_io_error(&e)), self.handshake_hint(&e)),
+            Opening::Refused(e) => {
+                fail(format!("{authority}: {}", describe_tls_io_error(&e)), self.handshake_hint(&e, true))
+            }
             Opening::Closed => fail(
                 format!("{authority}: the peer closed the connection right after the handshake"),
-                "see the relay's log: it may refuse our certificate, or not speak HTTP/2",
+                self.closed_after_handshake_hint(),
             ),
             Opening::Silent => match session {
                 Outcome::Pass(detail) => Outcome::Warn(
@@ -408,9 +419,14 @@ impl LinkCheck<'_> {
         }
     }
 
-    fn handshake_hint(&self, error: &io::Error) -> String {
+    /// What to do about a failed handshake; `after` when our side had
+    /// completed it and the peer then refused (or dropped) the connection.
+    fn handshake_hint(&self, error: &io::Error, after: bool) -> String {
         let authority = self.upstream.authority();
         let Some(tls) = rustls_error(error) else {
+            if after {
+                return self.closed_after_handshake_hint();
+            }
             return format!(
                 "the peer closed the connection during the handshake: is {authority} the relay's TLS port? see the relay's log"
             );
@@ -425,6 +441,10 @@ impl LinkCheck<'_> {
                 | AlertDescription::AccessDenied,
             ) => format!(
                 "the relay does not trust our --cert {}: its --ca must be the CA that issued our certificate",
+                self.files.cert.display()
+            ),
+            rustls::Error::AlertReceived(AlertDescription::DecryptError) if after => format!(
+                "the relay does not trust our --cert {}: it knows a CA of our issuer's name but not the key that signed it (another certs init run?); its --ca must be the CA that issued our certificate",
                 self.files.cert.display()
             ),
             rustls::Error::AlertReceived(AlertDescription::CertificateExpired) => {
@@ -442,10 +462,21 @@ impl LinkCheck<'_> {
         }
     }
 
+    fn closed_after_handshake_hint(&self) -> String {
+        format!(
+            "the relay dropped us after the handshake, most likely refusing our --cert {}: its --ca must be the CA that issued it; see the relay's log",
+            self.files.cert.display()
+        )
+    }
+
     fn server_cert_hint(&self, problem: &CertificateError) -> String {
         match problem {
             CertificateError::UnknownIssuer => format!(
                 "the upstream's certificate was not issued by the CA in --ca {}: give the CA that issued the relay's certificate",
+                self.files.ca.display()
+            ),
+            CertificateError::BadSignature => format!(
+                "the upstream's certificate names the CA in --ca {} as its issuer but another key signed it: a CA of the same name from another certs init run? give the CA that issued the relay's certificate",
                 self.files.ca.display()
             ),
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
@@ -591,20 +622,26 @@ enum Opening {
     Silent,
 }
 
+/// Sends the HTTP/2 preface and an empty SETTINGS frame, then reads. A
+/// failed write does not end the attempt: a peer that refused our
+/// certificate sent its alert before closing, and reading finds it.
 async fn open_http2<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, timeout: Duration) -> Opening {
     let exchange = async {
-        stream.write_all(H2_PREFACE).await?;
-        stream.write_all(&EMPTY_SETTINGS_FRAME).await?;
-        stream.flush().await?;
+        let opening = [H2_PREFACE, &EMPTY_SETTINGS_FRAME].concat();
+        let wrote = match stream.write_all(&opening).await {
+            Ok(()) => stream.flush().await,
+            Err(e) => Err(e),
+        };
         let mut buf = [0u8; 64];
-        stream.read(&mut buf).await
+        let read = stream.read(&mut buf).await;
+        match (wrote, read) {
+            (_, Err(e)) if rustls_error(&e).is_some() => Opening::Refused(e),
+            (_, Ok(n)) if n > 0 => Opening::Answered,
+            (Err(e), _) | (Ok(()), Err(e)) => Opening::Refused(e),
+            (Ok(()), Ok(_)) => Opening::Closed,
+        }
     };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok(0)) => Opening::Closed,
-        Ok(Ok(_)) => Opening::Answered,
-        Ok(Err(e)) => Opening::Refused(e),
-        Err(_) => Opening::Silent,
-    }
+    tokio::time::timeout(timeout, exchange).await.unwrap_or(Opening::Silent)
 }
 
 fn rustls_error(error: &io::Error) -> Option<&rustls::Error> {
@@ -811,7 +848,10 @@ async fn check_socket(path: &Path, timeout: Duration, report: &mut Report) {
             return;
         }
         Err(_) => {
-            report.record("get-capabilities", fail(format!("no connection within {}", span(timeout)), "see the shim's log"));
+            report.record(
+                "get-capabilities",
+                fail(format!("no connection within {}", span(timeout)), "see the shim's log"),
+            );
             report.skip(&later[2..], "no connection");
             return;
         }
@@ -880,7 +920,9 @@ async fn socket_connect(path: &Path, timeout: Duration) -> Outcome {
             "the socket admits only the shim's user (mode 0600): run check as the gateway's user, the shim's UID",
         ),
         Ok(Err(e)) => fail(format!("{shown}: {}", describe_io_error(&e)), "check the path"),
-        Err(_) => fail(format!("{shown}: no connection within {}", span(timeout)), "the shim is not accepting: see its log"),
+        Err(_) => {
+            fail(format!("{shown}: no connection within {}", span(timeout)), "the shim is not accepting: see its log")
+        }
     }
 }
 
@@ -1033,7 +1075,11 @@ fn describe_material(material: &Material) -> Outcome {
         2 => " + 1 intermediate".to_owned(),
         n => format!(" + {} intermediates", n - 1),
     };
-    let cas = if material.ca.len() == 1 { "1 CA certificate".to_owned() } else { format!("{} CA certificates", material.ca.len()) };
+    let cas = if material.ca.len() == 1 {
+        "1 CA certificate".to_owned()
+    } else {
+        format!("{} CA certificates", material.ca.len())
+    };
     Outcome::Pass(format!(
         "cert {}{intermediates} and {} key match; --ca holds {cas}",
         material.leaf.identity, material.key_algorithm
@@ -1078,6 +1124,10 @@ fn check_chain(tls: &TlsFiles, material: &Material, side: Side, now: OffsetDateT
         Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => Outcome::Warn(
             format!("{subject} was not issued by a CA in --ca {}", tls.ca.display()),
             format!("fine only if {peer} trust its issuer; usually both sides share one CA"),
+        ),
+        Err(rustls::Error::InvalidCertificate(CertificateError::BadSignature)) => Outcome::Warn(
+            format!("{subject} was signed by another CA of the same name as the one in --ca {}", tls.ca.display()),
+            format!("fine only if {peer} trust its issuer; a CA from another certs init run?"),
         ),
         Err(rustls::Error::InvalidCertificate(
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
@@ -1177,7 +1227,10 @@ fn check_validity(tls: &TlsFiles, material: &Material, now: OffsetDateTime) -> O
     } else {
         Outcome::Warn(
             detail,
-            format!("{} expires within a week: renew it; the bridge reloads renewed files without a restart", soon.join(" and ")),
+            format!(
+                "{} expires within a week: renew it; the bridge reloads renewed files without a restart",
+                soon.join(" and ")
+            ),
         )
     }
 }

@@ -56,6 +56,7 @@ pub async fn run(parsed: Parsed) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => crate::demo::run::run(args).await,
+        Command::Check(args) => crate::check::run(args).await,
     }
 }
 

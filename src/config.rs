@@ -52,6 +52,8 @@ pub enum Command {
     Certs(CertsCommand),
     /// Run demo-driver, relay and shim together with throw-away certificates.
     Demo(DemoArgs),
+    /// Diagnose a configuration or a socket step by step, as an operator would.
+    Check(crate::check::CheckArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -73,6 +75,17 @@ pub struct FileArgs {
     /// Print the effective configuration (as a TOML file, with where each value came from) and exit.
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// The admin endpoint.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AdminArgs {
+    /// Serve /healthz, /readyz and /metrics on HOST:PORT (off by default; loopback only unless --unsafe-admin).
+    #[arg(long, env = "OPENSHELL_BRIDGE_ADMIN", value_name = "HOST:PORT")]
+    pub admin: Option<SocketAddr>,
+    /// Allow --admin on a non-loopback address (it has no authentication).
+    #[arg(long, env = "OPENSHELL_BRIDGE_UNSAFE_ADMIN")]
+    pub unsafe_admin: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -219,6 +232,8 @@ pub struct ShimArgs {
     #[command(flatten)]
     pub file: FileArgs,
     #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
@@ -248,6 +263,8 @@ impl ShimArgs {
             server: self.tuning.server(),
             forward: self.tuning.forward(),
             drain_timeout: self.tuning.drain_timeout,
+            admin: self.admin.admin,
+            unsafe_admin: self.admin.unsafe_admin,
         })
     }
 }
@@ -289,6 +306,8 @@ pub struct RelayArgs {
     #[command(flatten)]
     pub file: FileArgs,
     #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
@@ -329,6 +348,8 @@ impl RelayArgs {
             server: self.tuning.server(),
             forward: self.tuning.forward(),
             drain_timeout: self.tuning.drain_timeout,
+            admin: self.admin.admin,
+            unsafe_admin: self.admin.unsafe_admin,
         })
     }
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::body::{grpc_status_of, CallObserver, RelayBody};
 use crate::link::Link;
+use crate::metrics::{Metrics, Refusal};
 use crate::policy::{Caller, Policy, SERVICE, SERVICE_PREFIX};
 use crate::shutdown::Shutdown;
 use crate::status::{BridgeStatus, Code};
@@ -45,6 +46,7 @@ struct ForwarderInner {
     policy: Policy,
     shutdown: Shutdown,
     default_timeout: Option<Duration>,
+    metrics: Arc<Metrics>,
 }
 
 /// Options of a forwarder beyond its link and policy.
@@ -57,7 +59,14 @@ pub struct ForwardOptions {
 impl Forwarder {
     pub fn new(role: &'static str, link: Link, policy: Policy, shutdown: Shutdown, options: ForwardOptions) -> Self {
         Forwarder {
-            inner: Arc::new(ForwarderInner { role, link, policy, shutdown, default_timeout: options.default_timeout }),
+            inner: Arc::new(ForwarderInner {
+                role,
+                link,
+                policy,
+                shutdown,
+                default_timeout: options.default_timeout,
+                metrics: Arc::new(Metrics::new(role)),
+            }),
         }
     }
 
@@ -69,6 +78,10 @@ impl Forwarder {
         &self.inner.policy
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
     /// The hyper service for one accepted connection.
     pub fn for_caller(&self, caller: Caller) -> CallService {
         CallService { forwarder: self.clone(), caller: Arc::new(caller) }
@@ -77,15 +90,20 @@ impl Forwarder {
     async fn handle(&self, request: Request<Incoming>, caller: Arc<Caller>) -> Response<RelayBody> {
         let started = std::time::Instant::now();
         let role = self.inner.role;
+        if request.uri().path() == crate::health::CHECK_PATH && self.inner.policy.admits(&caller) {
+            return crate::health::check(request, &self.inner.link).await;
+        }
         let method = match route(request.uri().path()) {
             Ok(method) => method.to_owned(),
             Err(status) => {
-                tracing::warn!(role, caller = %caller, path = %request.uri().path(), "refused: path outside the contract");
+                tracing::warn!(role, caller = %caller, path = %printable(request.uri().path()), "refused: path outside the contract");
+                self.inner.metrics.refused(Refusal::Path);
                 return status.into_response();
             }
         };
         if let Err(denied) = self.inner.policy.authorize(&caller, &method) {
             tracing::warn!(role, caller = %caller, method = %method, reason = %denied.0, "refused by policy");
+            self.inner.metrics.refused(Refusal::Policy);
             return BridgeStatus::new(Code::PermissionDenied, format!("{role}: {}", denied.0)).into_response();
         }
         let streaming = STREAMING_METHODS.contains(&method.as_str());
@@ -99,7 +117,8 @@ impl Forwarder {
         strip_hop_by_hop(&mut parts.headers);
         let outbound = Request::from_parts(parts, RelayBody::incoming(body));
 
-        let log = CallLog { role, method, caller, started };
+        self.inner.metrics.call_started();
+        let log = CallLog { role, method, caller, started, metrics: self.inner.metrics.clone() };
         // Watches end as soon as draining begins; other calls get the drain time.
         let stop = if streaming { self.inner.shutdown.draining() } else { self.inner.shutdown.stopping() };
         let send = async {
@@ -216,6 +235,12 @@ pub struct CallService {
     caller: Arc<Caller>,
 }
 
+impl CallService {
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.forwarder.metrics()
+    }
+}
+
 impl hyper::service::Service<Request<Incoming>> for CallService {
     type Response = Response<RelayBody>;
     type Error = Infallible;
@@ -234,10 +259,12 @@ struct CallLog {
     method: String,
     caller: Arc<Caller>,
     started: std::time::Instant,
+    metrics: Arc<Metrics>,
 }
 
 impl CallLog {
     fn finished_with(&self, status: &BridgeStatus) {
+        self.metrics.call_finished(&self.method, status.code.name(), self.started.elapsed(), 0);
         tracing::warn!(
             target: CALL_LOG_TARGET,
             role = self.role,
@@ -253,12 +280,14 @@ impl CallLog {
 
 impl CallObserver for CallLog {
     fn finished(&self, status: Option<&str>, bytes: u64) {
+        let code = status.map(status_name).unwrap_or("NONE");
+        self.metrics.call_finished(&self.method, code, self.started.elapsed(), bytes);
         tracing::debug!(
             target: CALL_LOG_TARGET,
             role = self.role,
             method = %self.method,
             caller = %self.caller,
-            status = status.map(status_name).unwrap_or("none (stream cut)"),
+            status = if code == "NONE" { "none (stream cut)" } else { code },
             ms = self.started.elapsed().as_millis() as u64,
             bytes,
             "call"

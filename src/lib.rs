@@ -10,16 +10,20 @@
 //! `shim` and `relay` are library functions; `main.rs` only parses the
 //! command line and calls them, so tests drive the same code.
 
+pub mod admin;
 pub mod body;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod connect;
 pub mod demo;
 pub mod forward;
+pub mod health;
 pub mod link;
 pub mod listen;
 pub mod logging;
+pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod relay;

@@ -189,6 +189,13 @@ impl Link {
         }
     }
 
+    /// Whether the next hop can be reached (connecting if needed, waiting at
+    /// most `wait`); the peer's label when it can.
+    pub async fn probe(&self, wait: Duration) -> Result<String, BridgeStatus> {
+        let conn = self.ready(Instant::now() + wait).await?;
+        Ok(self.inner.targets[conn.target].label.clone())
+    }
+
     fn unavailable(&self) -> BridgeStatus {
         let state = self.inner.lock();
         let wait = self.inner.settings.connect_wait.as_millis();

@@ -17,7 +17,7 @@ use crate::link::{Link, LinkSettings, Target};
 use crate::listen::serve::ServerSettings;
 use crate::policy::{Access, Policy, Rule};
 use crate::shutdown::Shutdown;
-use crate::tls::config::{server_config, TlsFiles};
+use crate::tls::config::{describe_certificate, record_expiry, server_config, TlsFiles};
 
 /// Where the real driver listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +72,9 @@ pub struct RelayConfig {
     pub server: ServerSettings,
     pub forward: ForwardOptions,
     pub drain_timeout: Duration,
+    /// The admin endpoint's address, if any.
+    pub admin: Option<std::net::SocketAddr>,
+    pub unsafe_admin: bool,
 }
 
 /// A relay that is serving.
@@ -80,6 +83,8 @@ pub struct RunningRelay {
     pub forwarder: Forwarder,
     pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
     pub task: tokio::task::JoinHandle<()>,
+    /// Where the admin endpoint listens, if it is on.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Loads the TLS material, binds the listener and starts serving.
@@ -94,18 +99,23 @@ pub async fn start(config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<Ru
         anyhow::bail!("no client may call: give --allow-client ID (dns:NAME, uri:URI or cn:NAME) or, explicitly, --allow-any-client");
     }
     let tls = Arc::new(ArcSwap::from_pointee(server_config(&config.tls)?));
-    let files = config.tls.clone();
+    let link = Link::new("driver", vec![driver_target(&config.driver)], config.link.clone());
+    let policy = Policy::Clients { rules: config.rules.clone(), any_client: config.any_client };
+    let forwarder = Forwarder::new("relay", link, policy, shutdown.clone(), config.forward.clone());
+    let certificate = record_expiry(&config.tls, forwarder.metrics());
+    let (files, metrics) = (config.tls.clone(), forwarder.metrics().clone());
     crate::tls::reload::spawn(
         "relay server certificate",
         files.paths(),
         files.reload_interval,
         tls.clone(),
-        move || server_config(&files),
+        move || {
+            let config = server_config(&files)?;
+            record_expiry(&files, &metrics);
+            Ok(config)
+        },
         shutdown.clone(),
     );
-    let link = Link::new("driver", vec![driver_target(&config.driver)], config.link.clone());
-    let policy = Policy::Clients { rules: config.rules.clone(), any_client: config.any_client };
-    let forwarder = Forwarder::new("relay", link, policy, shutdown.clone(), config.forward.clone());
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: cannot bind: {e}", config.listen))?;
@@ -113,14 +123,21 @@ pub async fn start(config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<Ru
     if !local_addr.ip().is_loopback() {
         tracing::info!(%local_addr, "relay listening on a network address (clients must present a certificate of --ca)");
     }
+    let admin = match config.admin {
+        Some(addr) => Some(crate::admin::start(addr, config.unsafe_admin, forwarder.clone(), shutdown.clone())?),
+        None => None,
+    };
     tracing::info!(
         listen = %local_addr,
         driver = %config.driver.label(),
         clients = %describe_clients(&config),
+        identity = %describe_certificate(certificate.as_ref()),
+        tls12 = config.tls.tls12,
+        admin = %admin.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         "relay serving"
     );
     let task = tokio::spawn(crate::listen::tls::run(listener, tls.clone(), forwarder.clone(), config.server, shutdown));
-    Ok(RunningRelay { local_addr, forwarder, tls, task })
+    Ok(RunningRelay { local_addr, forwarder, tls, task, admin })
 }
 
 fn driver_target(driver: &DriverTarget) -> Target {

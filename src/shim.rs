@@ -17,7 +17,7 @@ use crate::listen::serve::ServerSettings;
 use crate::listen::uds::{self, PrivateSocket};
 use crate::policy::Policy;
 use crate::shutdown::Shutdown;
-use crate::tls::config::{client_config, TlsFiles};
+use crate::tls::config::{client_config, describe_certificate, record_expiry, TlsFiles};
 use crate::tls::identity::IdentityPattern;
 
 /// An upstream as given by `--upstream https://HOST:PORT`.
@@ -77,6 +77,9 @@ pub struct ShimConfig {
     pub server: ServerSettings,
     pub forward: ForwardOptions,
     pub drain_timeout: Duration,
+    /// The admin endpoint's address, if any.
+    pub admin: Option<std::net::SocketAddr>,
+    pub unsafe_admin: bool,
 }
 
 /// A shim that is serving.
@@ -85,21 +88,14 @@ pub struct RunningShim {
     pub forwarder: Forwarder,
     pub tls: Arc<ArcSwap<rustls::ClientConfig>>,
     pub task: tokio::task::JoinHandle<()>,
+    /// Where the admin endpoint listens, if it is on.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Loads the TLS material, binds the socket and starts serving. Every
 /// problem with the configuration is reported here, before serving.
 pub fn start(config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<RunningShim> {
     let tls = Arc::new(ArcSwap::from_pointee(client_config(&config.tls, &config.expect_server)?));
-    let (files, expect) = (config.tls.clone(), config.expect_server.clone());
-    crate::tls::reload::spawn(
-        "shim client certificate",
-        files.paths(),
-        files.reload_interval,
-        tls.clone(),
-        move || client_config(&files, &expect),
-        shutdown.clone(),
-    );
     let targets = config
         .upstreams
         .iter()
@@ -107,15 +103,37 @@ pub fn start(config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<RunningSh
         .collect::<anyhow::Result<Vec<_>>>()?;
     let link = Link::new("upstream", targets, config.link.clone());
     let forwarder = Forwarder::new("shim", link, Policy::LocalPeers, shutdown.clone(), config.forward.clone());
+    let certificate = record_expiry(&config.tls, forwarder.metrics());
+    let (files, expect, metrics) = (config.tls.clone(), config.expect_server.clone(), forwarder.metrics().clone());
+    crate::tls::reload::spawn(
+        "shim client certificate",
+        files.paths(),
+        files.reload_interval,
+        tls.clone(),
+        move || {
+            let config = client_config(&files, &expect)?;
+            record_expiry(&files, &metrics);
+            Ok(config)
+        },
+        shutdown.clone(),
+    );
     let socket = PrivateSocket::bind(&config.socket, &config.allow_uids)?;
+    let admin = match config.admin {
+        Some(addr) => Some(crate::admin::start(addr, config.unsafe_admin, forwarder.clone(), shutdown.clone())?),
+        None => None,
+    };
     tracing::info!(
         socket = %config.socket.display(),
         upstreams = %forwarder.link().labels().join(", "),
+        server_name = config.server_name.as_deref().unwrap_or("(the upstream's host)"),
+        expect_server = %config.expect_server.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        identity = %describe_certificate(certificate.as_ref()),
         allowed_uids = ?socket.allowed_uids(),
+        admin = %admin.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         "shim serving"
     );
     let task = tokio::spawn(uds::run(socket, forwarder.clone(), config.server, shutdown));
-    Ok(RunningShim { socket: config.socket, forwarder, tls, task })
+    Ok(RunningShim { socket: config.socket, forwarder, tls, task, admin })
 }
 
 fn target_for(

@@ -49,6 +49,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             server: ServerSettings::default(),
             forward: Default::default(),
             drain_timeout: DRAIN,
+            admin: None,
+            unsafe_admin: false,
         },
         shutdown.clone(),
     )
@@ -66,6 +68,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             server: ServerSettings::default(),
             forward: Default::default(),
             drain_timeout: DRAIN,
+            admin: None,
+            unsafe_admin: false,
         },
         shutdown.clone(),
     )?;

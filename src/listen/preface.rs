@@ -36,8 +36,8 @@ pub enum Opening {
 }
 
 /// Reads the start of `io`; returns it ready for the HTTP/2 server with the
-/// read bytes replayed, or `None` after refusing (and logging) the peer.
-pub async fn expect_http2<I>(mut io: I, timeout: Duration, peer: &str) -> Option<Prefixed<I>>
+/// read bytes replayed, or what it was after refusing (and logging) the peer.
+pub async fn expect_http2<I>(mut io: I, timeout: Duration, peer: &str) -> Result<Prefixed<I>, Opening>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -47,7 +47,7 @@ where
         Err(_) => Opening::Silent,
     };
     match opening {
-        Opening::Http2 => Some(Prefixed { prefix: seen, offset: 0, inner: io }),
+        Opening::Http2 => Ok(Prefixed { prefix: seen, offset: 0, inner: io }),
         Opening::Http1 => {
             tracing::warn!(peer, "refused an HTTP/1.x request: this endpoint speaks gRPC over HTTP/2 only");
             let _ = io.write_all(http1_refusal().as_bytes()).await;
@@ -63,15 +63,15 @@ where
                 }
             })
             .await;
-            None
+            Err(Opening::Http1)
         }
         Opening::Garbage => {
             tracing::warn!(peer, first_bytes = %escape(&seen), "refused a connection that does not speak HTTP/2");
-            None
+            Err(Opening::Garbage)
         }
         Opening::Silent => {
             tracing::info!(peer, "connection closed before sending an HTTP/2 preface");
-            None
+            Err(Opening::Silent)
         }
     }
 }
@@ -194,7 +194,7 @@ mod tests {
     async fn answers_http1_with_a_sentence() {
         let (mut client, server) = tokio::io::duplex(4096);
         client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-        assert!(expect_http2(server, Duration::from_secs(1), "test").await.is_none());
+        assert_eq!(expect_http2(server, Duration::from_secs(1), "test").await.err(), Some(Opening::Http1));
         let mut reply = String::new();
         client.read_to_string(&mut reply).await.unwrap();
         assert!(reply.starts_with("HTTP/1.1 505"));

@@ -7,8 +7,10 @@ use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::preface::Opening;
 use crate::connect::Io;
 use crate::forward::CallService;
+use crate::metrics::{Metrics, Refusal};
 use crate::shutdown::Shutdown;
 
 /// Limits and timers of a listener.
@@ -53,10 +55,11 @@ impl ConnectionLimit {
     }
 
     /// A permit, or `None` (logged) when the listener is full.
-    pub fn admit(&self, listener: &str) -> Option<OwnedSemaphorePermit> {
+    pub fn admit(&self, listener: &str, metrics: &Metrics) -> Option<OwnedSemaphorePermit> {
         match self.0.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
+                metrics.refused(Refusal::ConnectionLimit);
                 tracing::warn!(listener, max = self.1, "refused a connection: connection limit reached");
                 None
             }
@@ -74,8 +77,11 @@ pub async fn serve_connection<I: Io>(
     shutdown: &Shutdown,
     peer: &str,
 ) {
-    let Some(io) = super::preface::expect_http2(io, settings.handshake_timeout, peer).await else {
-        return;
+    let io = match super::preface::expect_http2(io, settings.handshake_timeout, peer).await {
+        Ok(io) => io,
+        Err(Opening::Http1) => return service.metrics().refused(Refusal::Http1),
+        Err(Opening::Garbage) => return service.metrics().refused(Refusal::NotHttp2),
+        Err(_) => return,
     };
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder

@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::serve::{serve_connection, ConnectionLimit, ServerSettings};
 use crate::forward::Forwarder;
+use crate::metrics::Metrics;
 use crate::policy::Caller;
 use crate::shutdown::Shutdown;
 use crate::tls::identity::PeerIdentity;
@@ -39,7 +40,7 @@ pub async fn run(
             },
             _ = shutdown.draining().cancelled() => break,
         };
-        let Some(permit) = limit.admit("relay") else {
+        let Some(permit) = limit.admit("relay", forwarder.metrics()) else {
             continue;
         };
         crate::connect::tune_tcp(&tcp);
@@ -49,7 +50,7 @@ pub async fn run(
         let task_shutdown = shutdown.clone();
         shutdown.tasks().spawn(async move {
             let _permit = permit;
-            let Some((stream, caller)) = handshake(acceptor, tcp, remote, &settings).await else {
+            let Some((stream, caller)) = handshake(acceptor, tcp, remote, &settings, forwarder.metrics()).await else {
                 return;
             };
             if !forwarder.policy().admits(&caller) {
@@ -70,18 +71,24 @@ async fn handshake(
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
     settings: &ServerSettings,
+    metrics: &Metrics,
 ) -> Option<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Caller)> {
     let attempt = async {
-        refuse_non_tls(&tcp, remote).await?;
+        if refuse_non_tls(&tcp, remote).await.is_none() {
+            metrics.handshake_failed("not_tls");
+            return None;
+        }
         Some(acceptor.accept(tcp).await)
     };
     let stream = match tokio::time::timeout(settings.handshake_timeout, attempt).await {
         Err(_) => {
+            metrics.handshake_failed("timeout");
             tracing::warn!(%remote, timeout_ms = settings.handshake_timeout.as_millis() as u64, "TLS handshake timed out; connection closed");
             return None;
         }
         Ok(None) => return None,
         Ok(Some(Err(e))) => {
+            metrics.handshake_failed(crate::metrics::handshake_reason(&e));
             tracing::warn!(%remote, reason = %crate::connect::tls::describe_tls_io_error(&e), "TLS handshake refused");
             return None;
         }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use super::serve::{serve_connection, ConnectionLimit, ServerSettings};
 use crate::forward::Forwarder;
+use crate::metrics::{Metrics, Refusal};
 use crate::policy::Caller;
 use crate::shutdown::Shutdown;
 
@@ -38,6 +39,8 @@ pub struct PrivateSocket {
     path: PathBuf,
     inode: (u64, u64),
     allowed_uids: Vec<u32>,
+    /// Where refused peers are counted, when serving the bridge.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The effective UID of this process.
@@ -65,7 +68,19 @@ impl PrivateSocket {
         let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(path, format!("cannot stat after bind: {e}")))?;
         let mut allowed_uids = vec![uid];
         allowed_uids.extend(extra_uids.iter().copied().filter(|u| *u != uid));
-        Ok(PrivateSocket { listener, path: path.to_path_buf(), inode: (meta.dev(), meta.ino()), allowed_uids })
+        Ok(PrivateSocket {
+            listener,
+            path: path.to_path_buf(),
+            inode: (meta.dev(), meta.ino()),
+            allowed_uids,
+            metrics: None,
+        })
+    }
+
+    /// Counts refused peers in `metrics`.
+    pub fn count_refusals_in(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -93,14 +108,19 @@ impl PrivateSocket {
                 Ok(cred) if self.allowed_uids.contains(&cred.uid()) => {
                     return (stream, Caller::Local { uid: cred.uid(), pid: cred.pid() });
                 }
-                Ok(cred) => tracing::warn!(
+                Ok(cred) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.refused(Refusal::PeerUid);
+                    }
+                    tracing::warn!(
                     socket = %self.path.display(),
                     peer_uid = cred.uid(),
                     peer_pid = cred.pid().unwrap_or(-1),
                     allowed = ?self.allowed_uids,
                     "refused a peer of another user (admit it with --allow-uid {})",
                     cred.uid()
-                ),
+                    );
+                }
                 Err(e) => {
                     tracing::warn!(socket = %self.path.display(), error = %e, "refused a peer whose credentials cannot be read")
                 }
@@ -112,6 +132,7 @@ impl PrivateSocket {
 /// Serves the forwarder on `socket` until draining begins; the socket file
 /// is removed when this returns.
 pub async fn run(socket: PrivateSocket, forwarder: Forwarder, settings: ServerSettings, shutdown: Shutdown) {
+    let socket = socket.count_refusals_in(forwarder.metrics().clone());
     let limit = ConnectionLimit::new(settings.max_connections);
     let settings = Arc::new(settings);
     let mut next = 0u64;
@@ -120,7 +141,7 @@ pub async fn run(socket: PrivateSocket, forwarder: Forwarder, settings: ServerSe
             accepted = socket.accept() => accepted,
             _ = shutdown.draining().cancelled() => break,
         };
-        let Some(permit) = limit.admit("shim") else {
+        let Some(permit) = limit.admit("shim", forwarder.metrics()) else {
             continue;
         };
         next += 1;

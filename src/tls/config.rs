@@ -129,6 +129,28 @@ fn load_identity(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsConfigError> 
     Ok(identity)
 }
 
+/// Records the expiry of this side's certificate and CA in `metrics`, and
+/// returns the certificate's details for the start-up summary.
+pub fn record_expiry(files: &TlsFiles, metrics: &crate::metrics::Metrics) -> Option<material::CertInfo> {
+    if let Ok(ca) = material::load_cert_info("--ca", &files.ca) {
+        metrics.certificate(&files.ca.display().to_string(), ca.not_after.unix_timestamp());
+    }
+    let cert = material::load_cert_info("--cert", &files.cert).ok()?;
+    metrics.certificate(&files.cert.display().to_string(), cert.not_after.unix_timestamp());
+    Some(cert)
+}
+
+/// `identity (expires YYYY-MM-DD)` for logs.
+pub fn describe_certificate(info: Option<&material::CertInfo>) -> String {
+    match info {
+        Some(info) => {
+            let date = info.not_after.date();
+            format!("{} (expires {date})", info.identity)
+        }
+        None => "(unreadable)".into(),
+    }
+}
+
 /// Presents one certificate; reload swaps the whole config instead.
 #[derive(Debug)]
 struct FixedCert(Arc<CertifiedKey>);

@@ -118,6 +118,8 @@ pub fn relay_config(pki: &TestPki, driver: DriverTarget) -> RelayConfig {
         server: ServerSettings::default(),
         forward: Default::default(),
         drain_timeout: Duration::from_secs(2),
+        admin: None,
+        unsafe_admin: false,
     }
 }
 
@@ -133,6 +135,8 @@ pub fn shim_config(pki: &TestPki, socket: &Path, relay: SocketAddr) -> ShimConfi
         server: ServerSettings::default(),
         forward: Default::default(),
         drain_timeout: Duration::from_secs(2),
+        admin: None,
+        unsafe_admin: false,
     }
 }
 

@@ -1,0 +1,180 @@
+//! What an operator watches: the admin endpoint (health, readiness,
+//! Prometheus metrics), the gRPC health service on the shim's socket, and
+//! the configuration file as the binary reads it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::process::Bridge;
+use common::*;
+use openshell_driver_bridge::client::driver_client;
+use openshell_driver_bridge::demo::driver::DemoDriver;
+use openshell_driver_bridge::proto::compute::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A plain HTTP/1.1 GET; (status code, body).
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut reply)).await.unwrap().unwrap();
+    let code = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+fn admin_on_loopback() -> Option<SocketAddr> {
+    Some("127.0.0.1:0".parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_report_health_readiness_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain =
+        Chain::start_with(dir, |relay| relay.admin = admin_on_loopback(), |shim| shim.admin = admin_on_loopback())
+            .await;
+    let (shim_admin, relay_admin) = (chain.shim.admin.unwrap(), chain.relay.admin.unwrap());
+
+    // No driver yet: alive, but not ready, and the reason names the driver.
+    assert_eq!(get(shim_admin, "/healthz").await, (200, "ok\n".into()));
+    let (code, body) = get(relay_admin, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("driver") && body.contains("driver.sock"), "{body}");
+
+    let driver = DemoDriver::new();
+    openshell_driver_bridge::demo::serve(&chain.driver_socket, driver, chain.shutdown.clone()).unwrap();
+    let (code, body) = get(relay_admin, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = get(shim_admin, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("upstream 127.0.0.1:"), "{body}");
+
+    let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
+    gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap();
+    gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap();
+    let missing = gateway.get_sandbox(GetSandboxRequest { sandbox_id: "nope".into(), ..Default::default() }).await;
+    assert!(missing.is_err());
+    let _watch = gateway.watch_sandboxes(WatchSandboxesRequest {}).await.unwrap();
+    let refused = raw_call(&chain.shim_socket, "/other.Service/Call", &[], grpc_frame(b"")).await;
+    assert_eq!(refused.grpc_status().as_deref(), Some("12"));
+    // A client with no certificate at the relay: a handshake failure.
+    let _ = tokio::net::TcpStream::connect(chain.relay.local_addr).await.unwrap().write_all(b"hello").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (code, metrics) = get(shim_admin, "/metrics").await;
+    assert_eq!(code, 200);
+    for expected in [
+        "openshell_bridge_calls_total{role=\"shim\",method=\"GetCapabilities\",code=\"OK\"} 2",
+        "openshell_bridge_calls_total{role=\"shim\",method=\"GetSandbox\",code=\"NOT_FOUND\"} 1",
+        "openshell_bridge_call_duration_seconds_count{role=\"shim\",method=\"GetCapabilities\"} 2",
+        "openshell_bridge_open_calls{role=\"shim\"} 1",
+        "openshell_bridge_refused_total{role=\"shim\",reason=\"path\"} 1",
+        "openshell_bridge_link_connects_total{role=\"shim\"} 1",
+        "# TYPE openshell_bridge_call_duration_seconds histogram",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected:?} in:\n{metrics}");
+    }
+    assert!(metrics.contains("openshell_bridge_link_up{role=\"shim\",peer=\"upstream 127.0.0.1:"), "{metrics}");
+    assert!(
+        metrics.contains("openshell_bridge_certificate_expiry_timestamp_seconds{role=\"shim\",file=\""),
+        "{metrics}"
+    );
+    let (_, relay_metrics) = get(relay_admin, "/metrics").await;
+    assert!(
+        relay_metrics.contains("openshell_bridge_tls_handshake_failures_total{role=\"relay\",reason=\"not_tls\"} 1"),
+        "{relay_metrics}"
+    );
+    assert!(relay_metrics.contains("openshell_bridge_response_bytes_total{role=\"relay\"}"), "{relay_metrics}");
+    assert_eq!(get(shim_admin, "/nothing").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_socket_answers_grpc_health_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Chain::start_with(dir, |_| {}, |shim| shim.link.connect_wait = Duration::from_millis(500)).await;
+    let check = || raw_call(&chain.shim_socket, "/grpc.health.v1.Health/Check", &[], grpc_frame(b""));
+    // The relay is up but has no driver: the shim's link still comes up, so SERVING
+    // describes the shim's hop; readiness of the driver is the relay's business.
+    let response = check().await;
+    assert_eq!(response.grpc_status().as_deref(), Some("0"));
+    assert_eq!(grpc_messages(response.body), vec![bytes::Bytes::from_static(&[0x08, 0x01])], "expected SERVING");
+
+    let unknown = raw_call(&chain.shim_socket, "/grpc.health.v1.Health/Check", &[], grpc_frame(b"\x0a\x03foo")).await;
+    assert_eq!(unknown.grpc_status().as_deref(), Some("5"));
+
+    // The relay goes away: NOT_SERVING.
+    chain.relay.task.abort();
+    chain.shutdown.stop_now();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let closed: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let socket = dir.path().join("lonely/s.sock");
+    let mut config = shim_config(&pki, &socket, closed);
+    config.link.connect_wait = Duration::from_millis(300);
+    let shutdown = openshell_driver_bridge::shutdown::Shutdown::new();
+    openshell_driver_bridge::shim::start(config, shutdown.clone()).unwrap();
+    let response = raw_call(&socket, "/grpc.health.v1.Health/Check", &[], grpc_frame(b"")).await;
+    assert_eq!(response.grpc_status().as_deref(), Some("0"));
+    assert_eq!(grpc_messages(response.body), vec![bytes::Bytes::from_static(&[0x08, 0x02])], "expected NOT_SERVING");
+    shutdown.stop_now();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_endpoint_off_loopback_needs_unsafe_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let mut args: Vec<String> = vec![
+        "shim".into(),
+        "--socket".into(),
+        dir.path().join("s/s.sock").display().to_string(),
+        "--upstream".into(),
+        "https://127.0.0.1:9".into(),
+        "--admin".into(),
+        "0.0.0.0:0".into(),
+    ];
+    args.extend(common::process::tls_args(&pki.ca_file, &pki.client));
+    let mut shim = Bridge::spawn("shim", &args, &[]);
+    assert_eq!(shim.wait_exit(Duration::from_secs(10)).await, Some(2));
+    assert!(shim.output().contains("--admin 0.0.0.0:0: not a loopback address"), "{}", shim.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_runs_from_a_config_file_and_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let driver_socket = dir.path().join("driver/d.sock");
+    let file = dir.path().join("relay.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "# relay for the edge gateways\nlisten = \"127.0.0.1:0\"\ndriver-socket = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\
+             allow-client = [\"dns:{GATEWAY_ID}\"]\nallow-client-read-only = [\"uri:spiffe://corp/ro/*\"]\nconnect-wait = \"2s\"\n",
+            driver_socket.display(),
+            pki.ca_file.display(),
+            pki.server.0.display(),
+            pki.server.1.display()
+        ),
+    )
+    .unwrap();
+    let config = file.display().to_string();
+    let mut shown =
+        Bridge::spawn("relay", &["relay".into(), "--config".into(), config.clone(), "--print-config".into()], &[]);
+    assert_eq!(shown.wait_exit(Duration::from_secs(10)).await, Some(0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = shown.output();
+    assert!(text.contains("connect-wait = \"2s\"  # file"), "{text}");
+    assert!(text.contains("allow-client-read-only = [\"uri:spiffe://corp/ro/*\"]  # file"), "{text}");
+    assert!(text.contains("drain-timeout = \"10s\"  # default"), "{text}");
+    assert!(!text.contains("PRIVATE KEY"), "key material in --print-config");
+
+    let relay = Bridge::spawn(
+        "relay",
+        &["relay".into(), "--config".into(), config],
+        &[("OPENSHELL_BRIDGE_CONNECT_WAIT", "1s")],
+    );
+    let line = relay.expect_log(&["relay serving"]).await;
+    assert!(line.contains("uri:spiffe://corp/ro/* (read-only)"), "{line}");
+}
