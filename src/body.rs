@@ -228,7 +228,13 @@ pub fn describe_hyper_error(error: &hyper::Error) -> String {
                 text.push_str("peer closed the connection abruptly");
                 break;
             }
-            Some(io) => text.push_str(&crate::connect::describe_io_error(io)),
+            Some(io) => match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                Some(tls) => {
+                    text.push_str(&crate::tls::config::describe_tls_error(tls));
+                    break;
+                }
+                None => text.push_str(&crate::connect::describe_io_error(io)),
+            },
             None => text.push_str(&cause.to_string()),
         }
         source = cause.source();

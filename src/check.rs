@@ -77,7 +77,7 @@ const EMPTY_SETTINGS_FRAME: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
 #[command(after_help = "Examples:\n  \
     openshell-driver-bridge check shim --socket /run/openshell-bridge/compute-driver.sock \\\n      \
     --upstream https://relay.example:7443 --ca ca.pem --cert client.pem --key client-key.pem\n  \
-    openshell-driver-bridge check relay --listen 0.0.0.0:7443 --driver-socket /run/driver/driver.sock \\\n      \
+    openshell-driver-bridge check relay --listen 0.0.0.0:7443 --driver-socket /run/driver.sock \\\n      \
     --allow-client dns:openshell-gateway --ca ca.pem --cert server.pem --key server-key.pem\n  \
     openshell-driver-bridge check --socket /run/openshell-bridge/compute-driver.sock\n\n\
     Prints one line per step (OK, WARN, FAIL or SKIP), a hint under each problem, and a summary.\n\
@@ -150,6 +150,14 @@ fn fail(detail: impl Into<String>, hint: impl Into<String>) -> Outcome {
     Outcome::Fail(detail.into(), hint.into())
 }
 
+/// Writes one line to stdout at once; a closed pipe (`check ... | head`) is
+/// not worth a panic.
+fn print_line(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// Prints steps as they finish and keeps the tally.
 #[derive(Default)]
 struct Report {
@@ -161,7 +169,7 @@ struct Report {
 
 impl Report {
     fn header(&self, what: &str, timeout: Duration) {
-        println!("check {what} (network steps time out after {})", span(timeout));
+        print_line(&format!("check {what} (network steps time out after {})", span(timeout)));
     }
 
     /// Prints the step; true when it passed (with or without a warning).
@@ -172,12 +180,10 @@ impl Report {
             Outcome::Fail(detail, hint) => ("FAIL", detail.as_str(), Some(hint.as_str())),
             Outcome::Skip(reason) => ("SKIP", reason.as_str(), None),
         };
-        let mut out = io::stdout().lock();
-        let _ = writeln!(out, "  {label:<6}{step:<18}{detail}");
+        print_line(&format!("  {label:<6}{step:<18}{detail}"));
         if let Some(hint) = hint {
-            let _ = writeln!(out, "        hint: {hint}");
+            print_line(&format!("        hint: {hint}"));
         }
-        let _ = out.flush();
         match outcome {
             Outcome::Pass(_) => self.passed += 1,
             Outcome::Warn(..) => self.warned += 1,
@@ -203,7 +209,7 @@ impl Report {
         if self.skipped > 0 {
             summary.push_str(&format!(", {} skipped", self.skipped));
         }
-        println!("{summary}");
+        print_line(&summary);
         if self.failed == 0 {
             ExitCode::SUCCESS
         } else {
@@ -242,8 +248,11 @@ async fn check_shim(args: &ShimArgs, timeout: Duration, report: &mut Report) {
     let names = check_server_names(&config, identity.as_ref(), report);
     report.record("socket", check_shim_socket(&config.socket));
     let tls = match &material {
-        Some(_) => client_config(&config.tls, &config.expect_server).map(Arc::new).map_err(|e| e.to_string()),
-        None => Err(String::new()),
+        Some(_) => match client_config(&config.tls, &config.expect_server) {
+            Ok(tls) => ClientTls::Ready(Arc::new(tls)),
+            Err(e) => ClientTls::Broken(e.to_string()),
+        },
+        None => ClientTls::Unusable,
     };
     for (upstream, name) in config.upstreams.iter().zip(names) {
         let link = LinkCheck { upstream, name, tls: &tls, files: &config.tls, identity: identity.as_ref(), timeout };
@@ -332,13 +341,20 @@ fn check_shim_socket(path: &Path) -> Outcome {
     }
 }
 
+/// The shim's client TLS configuration, if the material allowed one.
+enum ClientTls {
+    Ready(Arc<rustls::ClientConfig>),
+    /// The material check already failed (and said why).
+    Unusable,
+    /// The material looked fine, yet the configuration could not be built.
+    Broken(String),
+}
+
 /// TCP, TLS and GetCapabilities to one upstream, as the shim reaches it.
 struct LinkCheck<'a> {
     upstream: &'a Upstream,
     name: Option<ServerName<'static>>,
-    /// The shim's client configuration; `Err("")` when the material check
-    /// already failed, otherwise the reason it could not be built.
-    tls: &'a Result<Arc<rustls::ClientConfig>, String>,
+    tls: &'a ClientTls,
     files: &'a TlsFiles,
     identity: Option<&'a PeerIdentity>,
     timeout: Duration,
@@ -359,12 +375,12 @@ impl LinkCheck<'_> {
             }
         };
         let config = match self.tls {
-            Ok(config) => config.clone(),
-            Err(e) if e.is_empty() => {
+            ClientTls::Ready(config) => config.clone(),
+            ClientTls::Unusable => {
                 report.skip(&["tls-handshake", "get-capabilities"], "our certificate or key is unusable (see above)");
                 return;
             }
-            Err(e) => {
+            ClientTls::Broken(e) => {
                 report.record("tls-handshake", fail(e.clone(), "fix the TLS files named above"));
                 report.skip(&["get-capabilities"], "no TLS configuration");
                 return;
@@ -697,6 +713,10 @@ fn local_driver(config: &RelayConfig) -> Result<(), String> {
 }
 
 fn describe_relay(config: &RelayConfig) -> String {
+    format!("listen {}, driver {}, clients {}", config.listen, target_name(&config.driver), describe_clients(config))
+}
+
+fn describe_clients(config: &RelayConfig) -> String {
     let mut clients: Vec<String> = config
         .rules
         .iter()
@@ -710,7 +730,7 @@ fn describe_relay(config: &RelayConfig) -> String {
         Some(Access::ReadOnly) => clients.push("any client of the CA (read-only)".into()),
         None => {}
     }
-    format!("listen {}, driver {}, clients {}", config.listen, target_name(&config.driver), clients.join(", "))
+    clients.join(", ")
 }
 
 fn target_name(driver: &DriverTarget) -> String {
@@ -726,17 +746,19 @@ fn relay_names(config: &RelayConfig, material: &Material) -> Outcome {
     let Some(leaf) = material.chain.first() else {
         return fail("--cert holds no certificate", "pass the relay's certificate chain in --cert");
     };
-    let mut names: Vec<String> = material.leaf.identity.dns.iter().map(|d| format!("dns:{d}")).collect();
-    names.extend(ip_sans(leaf).iter().map(|ip| format!("ip:{ip}")));
+    let mut names: Vec<String> = material.leaf.identity.dns.clone();
+    names.extend(ip_sans(leaf).iter().map(IpAddr::to_string));
     if names.is_empty() {
         return fail(
             format!("certificate {} carries no DNS or IP name, so no shim can verify it", material.leaf.subject),
             "reissue it with a DNS SAN (development certificates: certs init --server-name NAME)",
         );
     }
-    let clients = describe_relay(config);
-    let clients = clients.rsplit_once("clients ").map(|(_, c)| c).unwrap_or_default();
-    Outcome::Pass(format!("shims must verify us as {} (their --server-name); admitted: {clients}", names.join(" or ")))
+    Outcome::Pass(format!(
+        "shims must verify us as {} (their --server-name or --upstream host); we admit {}",
+        names.join(", "),
+        describe_clients(config)
+    ))
 }
 
 /// Whether the listen address is free or already served; binding is not
@@ -1113,8 +1135,8 @@ fn check_chain(tls: &TlsFiles, material: &Material, side: Side, now: OffsetDateT
     }
     let subject = &material.leaf.subject;
     let peer = match side {
-        Side::Client => "the relay",
-        Side::Server => "the shims",
+        Side::Client => "the relay trusts",
+        Side::Server => "the shims trust",
     };
     match verdict {
         Ok(()) => {
@@ -1123,11 +1145,11 @@ fn check_chain(tls: &TlsFiles, material: &Material, side: Side, now: OffsetDateT
         }
         Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => Outcome::Warn(
             format!("{subject} was not issued by a CA in --ca {}", tls.ca.display()),
-            format!("fine only if {peer} trust its issuer; usually both sides share one CA"),
+            format!("fine only if {peer} its issuer; usually both sides share one CA"),
         ),
         Err(rustls::Error::InvalidCertificate(CertificateError::BadSignature)) => Outcome::Warn(
             format!("{subject} was signed by another CA of the same name as the one in --ca {}", tls.ca.display()),
-            format!("fine only if {peer} trust its issuer; a CA from another certs init run?"),
+            format!("fine only if {peer} its issuer; a CA from another certs init run?"),
         ),
         Err(rustls::Error::InvalidCertificate(
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. },
@@ -1189,17 +1211,16 @@ fn is_time_error(error: &rustls::Error) -> bool {
 
 /// Our certificate and the CA certificates against the clock.
 fn check_validity(tls: &TlsFiles, material: &Material, now: OffsetDateTime) -> Outcome {
-    let mut checked = vec![("cert", &tls.cert, material.leaf.clone())];
-    for der in &material.ca {
-        if let Ok(info) = material::cert_info(der) {
-            checked.push(("CA", &tls.ca, info));
-        }
+    let mut checked = vec![("cert", "--cert", &tls.cert, material.leaf.clone())];
+    // Of the CA file, the certificate that ends first speaks for all.
+    let cas: Vec<CertInfo> = material.ca.iter().filter_map(|der| material::cert_info(der).ok()).collect();
+    if let Some(first_to_end) = cas.iter().min_by_key(|info| info.not_after) {
+        checked.push(("CA", "--ca", &tls.ca, first_to_end.clone()));
     }
     let mut shown = Vec::new();
     let mut soon = Vec::new();
-    for (what, path, info) in &checked {
-        let flag = if *what == "cert" { "--cert" } else { "--ca" };
-        match material::check_validity(flag, path, info, now) {
+    for (what, flag, path, info) in &checked {
+        let days_left = match material::check_validity(flag, path, info, now) {
             Validity::Expired => {
                 return fail(
                     format!("{what} {} expired on {}", info.subject, date(info.not_after)),
@@ -1214,12 +1235,11 @@ fn check_validity(tls: &TlsFiles, material: &Material, now: OffsetDateTime) -> O
             }
             Validity::ExpiresSoon { days_left } => {
                 soon.push(format!("{what} {}", info.subject));
-                shown.push(format!("{what} until {} ({days_left} days left)", date(info.not_after)));
+                days_left
             }
-            Validity::Ok { days_left } => {
-                shown.push(format!("{what} until {} ({days_left} days left)", date(info.not_after)))
-            }
-        }
+            Validity::Ok { days_left } => days_left,
+        };
+        shown.push(format!("{what} until {} ({days_left} days left)", date(info.not_after)));
     }
     let detail = shown.join(", ");
     if soon.is_empty() {

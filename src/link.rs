@@ -87,6 +87,12 @@ struct State {
     generation: u64,
     last_error: Option<String>,
     connects: u64,
+    /// Connections in a row that closed before answering anything: a peer
+    /// that accepts TCP and TLS and then hangs up (a TLS 1.3 server refusing
+    /// our certificate does exactly that) must not be redialled in a loop.
+    strikes: u32,
+    /// No new connection before this instant.
+    not_before: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -94,6 +100,8 @@ struct Conn {
     sender: SendRequest<RelayBody>,
     target: usize,
     generation: u64,
+    /// Set once a response came back on this connection.
+    answered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the link looks like from outside, for health and metrics.
@@ -142,7 +150,12 @@ impl Link {
             let target = &self.inner.targets[conn.target];
             *request.uri_mut() = target_uri(target, request.uri());
             match conn.sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, target.label.as_str())),
+                Ok(response) => {
+                    if !conn.answered.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        self.inner.lock().strikes = 0;
+                    }
+                    return Ok((response, target.label.as_str()));
+                }
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => {
                         // hyper proves it never left: safe to try again on a fresh connection.
@@ -247,6 +260,10 @@ impl Drop for Waiter<'_> {
 /// Keeps trying targets, with backoff, until one answers or nobody waits.
 async fn connect_loop(inner: Arc<Inner>) {
     let mut backoff = inner.settings.backoff_initial;
+    let not_before = inner.lock().not_before;
+    if let Some(at) = not_before {
+        tokio::time::sleep_until(at).await;
+    }
     loop {
         let start = inner.lock().preferred;
         let mut errors = Vec::new();
@@ -304,6 +321,7 @@ async fn connect_one(inner: &Arc<Inner>, index: usize) -> Result<(), String> {
         .map_err(|_| "HTTP/2 handshake timed out".to_string())?
         .map_err(|e| format!("HTTP/2 handshake failed: {}", describe_hyper_error(&e)))?;
 
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let generation = {
         let mut state = inner.lock();
         state.generation += 1;
@@ -311,7 +329,7 @@ async fn connect_one(inner: &Arc<Inner>, index: usize) -> Result<(), String> {
         state.preferred = index;
         state.connecting = false;
         state.last_error = None;
-        state.conn = Some(Conn { sender, target: index, generation: state.generation });
+        state.conn = Some(Conn { sender, target: index, generation: state.generation, answered: answered.clone() });
         state.generation
     };
     tracing::info!(role = inner.role, peer = %target.label, "connected");
@@ -326,12 +344,27 @@ async fn connect_one(inner: &Arc<Inner>, index: usize) -> Result<(), String> {
             Err(e) => {
                 let cause = describe_hyper_error(&e);
                 tracing::warn!(role = inner.role, peer = %label, error = %cause, "connection lost");
-                inner.lock().last_error = Some(format!("{label}: connection lost: {cause}"));
+                let silent = !answered.load(std::sync::atomic::Ordering::Relaxed) && !cause.contains("alert");
+                let hint = if silent {
+                    " (it hung up before answering anything: a peer that refuses our client certificate after the TLS 1.3 handshake does this; see its log)"
+                } else {
+                    ""
+                };
+                inner.lock().last_error = Some(format!("{label}: connection lost: {cause}{hint}"));
             }
         }
         let mut state = inner.lock();
         if state.conn.as_ref().map(|c| c.generation) == Some(generation) {
             state.conn = None;
+        }
+        if answered.load(std::sync::atomic::Ordering::Relaxed) {
+            state.strikes = 0;
+            state.not_before = None;
+        } else {
+            state.strikes = state.strikes.saturating_add(1);
+            let pause = (inner.settings.backoff_initial * 2u32.saturating_pow(state.strikes.min(8)))
+                .min(inner.settings.backoff_max);
+            state.not_before = Some(Instant::now() + jitter(pause));
         }
     });
     Ok(())

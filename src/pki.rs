@@ -505,7 +505,9 @@ pub fn init(
     if !force {
         refuse_overwrite(&paths)?;
     }
-    let ca = Ca::new(DEV_CA_NAME)?;
+    // A distinct name per run: two development CAs of the same name make
+    // "signature does not verify" errors instead of a plain "unknown CA".
+    let ca = Ca::new(&format!("{DEV_CA_NAME} {:08x}", rand::random::<u32>()))?;
     let server = ca.issue(&server_spec(server_names))?;
     let client = ca.issue(&client_spec(client_names))?;
     // Each key is written before its certificate: a bridge that reloads

@@ -313,7 +313,7 @@ async fn paths_outside_the_contract_are_refused_at_the_relay_too() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let request = http::Request::post("https://localhost/grpc.health.v1.Health/Check")
+    let request = http::Request::post("https://localhost/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(http_body_util::Full::new(grpc_frame(b"")))

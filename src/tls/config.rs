@@ -240,6 +240,10 @@ pub fn describe_tls_error(error: &rustls::Error) -> String {
             "peer rejected our certificate as expired (alert certificate_expired)".into()
         }
         E::AlertReceived(A::BadCertificate) => "peer rejected our certificate (alert bad_certificate)".into(),
+        E::AlertReceived(A::DecryptError) => {
+            "peer rejected our certificate: its signature does not verify against the peer's CA, which is another CA than ours, perhaps of the same name (alert decrypt_error)".into()
+        }
+        E::AlertReceived(A::AccessDenied) => "peer denied access to our certificate's identity (alert access_denied)".into(),
         E::AlertReceived(A::ProtocolVersion) => {
             "peer does not speak our TLS version (alert protocol_version); TLS 1.2 needs --tls12 on both sides".into()
         }
@@ -255,6 +259,10 @@ fn describe_cert_error(error: &rustls::CertificateError) -> String {
     use rustls::CertificateError as C;
     match error {
         C::UnknownIssuer => "not issued by a trusted CA (check --ca)".into(),
+        C::BadSignature => {
+            "not issued by a trusted CA: its signature does not verify against --ca (another CA of the same name?)"
+                .into()
+        }
         C::Expired | C::ExpiredContext { .. } => format!("expired ({error})"),
         C::NotValidYet | C::NotValidYetContext { .. } => format!("not valid yet ({error})"),
         C::NotValidForName | C::NotValidForNameContext { .. } => {
