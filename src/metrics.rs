@@ -124,6 +124,11 @@ impl Metrics {
         lock(&self.certificates).insert(file.to_owned(), not_after);
     }
 
+    /// Failed TLS handshakes so far, whatever the reason.
+    pub fn handshake_failures(&self) -> u64 {
+        lock(&self.handshake_failures).values().sum()
+    }
+
     pub fn in_flight(&self) -> i64 {
         self.in_flight.load(Ordering::Relaxed)
     }

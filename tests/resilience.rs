@@ -574,3 +574,36 @@ async fn a_second_signal_stops_at_once() {
     let response = tokio::time::timeout(Duration::from_secs(5), slow).await.unwrap().unwrap();
     assert_eq!(response.grpc_status().as_deref(), Some("14"), "{response:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_refusing_our_certificate_is_not_redialled_in_a_loop() {
+    // With TLS 1.3 the relay's refusal of a client certificate arrives after
+    // the client considers the handshake done: the connection "succeeds",
+    // then dies. The shim must back off instead of redialling at once.
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Chain::start_with(
+        dir,
+        |_| {},
+        |shim| {
+            shim.link.connect_wait = Duration::from_secs(2);
+        },
+    )
+    .await;
+    let other = openshell_driver_bridge::pki::Ca::new("another CA").unwrap();
+    let foreign = other.issue(&openshell_driver_bridge::pki::LeafSpec::client(GATEWAY_ID)).unwrap();
+    // Swap the shim's client certificate for a foreign one and let it reload.
+    write_leaf(&chain.pki.dir, "client", &foreign);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
+    let started = Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        let status = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        calls += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let attempts = chain.relay.forwarder.metrics().handshake_failures();
+    // Backoff from 100 ms doubling: a handful of attempts in 2 s, not one per call or more.
+    assert!((1..=12).contains(&attempts), "{attempts} connection attempts for {calls} calls in 2 s");
+}
