@@ -405,8 +405,7 @@ fn connect_as(uid: u32, socket: &Path) -> String {
 s=socket.socket(socket.AF_UNIX)\n\
 try:\n s.connect(sys.argv[1])\nexcept OSError as e:\n print('connect-error', e.errno); sys.exit(0)\n\
 s.settimeout(5)\n\
-s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n\\x00\\x00\\x00\\x04\\x00\\x00\\x00\\x00\\x00')\n\
-try:\n d=s.recv(64)\n print('answered' if d else 'closed')\nexcept OSError as e:\n print('closed', e.errno)\n";
+try:\n s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n\\x00\\x00\\x00\\x04\\x00\\x00\\x00\\x00\\x00')\n d=s.recv(64)\n print('answered' if d else 'closed')\nexcept OSError as e:\n print('closed', e.errno)\n";
     let output = std::process::Command::new("python3")
         .arg("-c")
         .arg(script)

@@ -26,10 +26,7 @@ pub struct Merged {
 /// inserts the file's settings into `args` as flags, right after the
 /// subcommand, for every flag not already set by a flag or the environment.
 pub fn merge(cli: &Command, args: Vec<OsString>) -> Result<Merged, String> {
-    let Some((position, name)) = subcommand_position(cli, &args) else {
-        return Ok(Merged { args, from_file: BTreeSet::new() });
-    };
-    let Some(command) = cli.find_subcommand(&name) else {
+    let Some((position, command)) = innermost_subcommand(cli, &args) else {
         return Ok(Merged { args, from_file: BTreeSet::new() });
     };
     let path = match flag_value(&args[position + 1..], "config") {
@@ -49,12 +46,21 @@ pub fn merge(cli: &Command, args: Vec<OsString>) -> Result<Merged, String> {
     Ok(Merged { args: merged, from_file })
 }
 
-/// Index and name of the first subcommand on the command line.
-fn subcommand_position(cli: &Command, args: &[OsString]) -> Option<(usize, String)> {
-    args.iter().enumerate().skip(1).find_map(|(i, arg)| {
+/// Index and definition of the innermost subcommand on the command line
+/// (`check shim` → `shim` under `check`), whose flags a file may set.
+fn innermost_subcommand<'c>(cli: &'c Command, args: &[OsString]) -> Option<(usize, &'c Command)> {
+    let mut found: Option<(usize, &Command)> = None;
+    let mut parent = cli;
+    let mut from = 1;
+    while let Some((index, command)) = args.iter().enumerate().skip(from).find_map(|(i, arg)| {
         let text = arg.to_str()?;
-        cli.find_subcommand(text).map(|_| (i, text.to_owned()))
-    })
+        parent.find_subcommand(text).map(|c| (i, c))
+    }) {
+        found = Some((index, command));
+        parent = command;
+        from = index + 1;
+    }
+    found
 }
 
 /// The value of `--name V` or `--name=V` among `args`.
@@ -268,6 +274,15 @@ mod tests {
             assert!(message.contains(expected), "{extra:?}: {message}");
             assert!(message.contains("bridge.toml"), "{message}");
         }
+    }
+
+    #[test]
+    fn check_reads_the_same_file_as_its_role() {
+        let (_dir, path) = write(&format!("{BASE}connect-wait = \"3s\"\n"));
+        let parsed = parse_from(args(&["bridge", "check", "--timeout", "2s", "shim", "--config", &path])).unwrap();
+        let Role::Check(check) = parsed.cli.command else { panic!("not check") };
+        let rendered = format!("{check:?}");
+        assert!(rendered.contains("https://b:2") && rendered.contains("3s"), "{rendered}");
     }
 
     #[test]
