@@ -188,7 +188,7 @@ impl FromStr for IdentityPattern {
         if !matches!(kind.as_str(), "dns" | "uri" | "cn") {
             return Err(unknown_prefix(input, prefix));
         }
-        check_value_common(input, value)?;
+        check_value_common(input, value, kind == "cn")?;
         match kind.as_str() {
             "dns" => parse_dns(input, value),
             "uri" => parse_uri(input, value),
@@ -207,8 +207,10 @@ fn unknown_prefix(input: &str, prefix: &str) -> PatternError {
     PatternError::new(input, problem)
 }
 
-/// Checks shared by every kind: non-empty, bounded, printable, no spaces.
-fn check_value_common(input: &str, value: &str) -> Result<(), PatternError> {
+/// Checks shared by every kind: non-empty, bounded, printable, no spaces
+/// (a CN may hold single inner spaces: enterprise PKIs name subjects
+/// "Edge Gateway 7").
+fn check_value_common(input: &str, value: &str, inner_spaces: bool) -> Result<(), PatternError> {
     if value.is_empty() {
         return Err(PatternError::new(input, "the name after the prefix is empty"));
     }
@@ -218,7 +220,8 @@ fn check_value_common(input: &str, value: &str) -> Result<(), PatternError> {
             format!("the name is {} bytes long, more than the limit of {MAX_PATTERN_LEN}", value.len()),
         ));
     }
-    if let Some(c) = value.chars().find(|c| c.is_whitespace() || c.is_control()) {
+    let spaced = inner_spaces && value.trim() == value && !value.contains("  ");
+    if let Some(c) = value.chars().find(|c| (c.is_whitespace() && !(spaced && *c == ' ')) || c.is_control()) {
         return Err(PatternError::new(input, format!("contains whitespace or a control character ({c:?})")));
     }
     Ok(())
@@ -485,10 +488,18 @@ mod tests {
 
     #[test]
     fn rejects_whitespace_and_control_characters() {
-        for s in ["dns:gw example", "cn:a\tb", "uri:spiffe://c/x\n", "cn:\u{7}", "dns: gw"] {
+        for s in ["dns:gw example", "cn:a\tb", "uri:spiffe://c/x\n", "cn:\u{7}", "dns: gw", "cn: lead", "cn:a  b"] {
             let err = parse_err(s);
             assert!(err.contains("whitespace or a control character"), "{s:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_common_name_may_hold_inner_spaces() {
+        let pattern: IdentityPattern = "cn:Edge Gateway 7".parse().unwrap();
+        let id = PeerIdentity { cn: Some("Edge Gateway 7".into()), ..Default::default() };
+        assert!(pattern.matches(&id));
+        assert_eq!(pattern.to_string(), "cn:Edge Gateway 7");
     }
 
     #[test]
