@@ -5,7 +5,7 @@
 //! fixed refusal reasons) so a hostile client cannot grow them. Nothing
 //! here ever holds message content.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -50,6 +50,12 @@ impl Refusal {
 }
 
 #[derive(Default)]
+struct MethodStats {
+    codes: BTreeMap<&'static str, u64>,
+    latency: Histogram,
+}
+
+#[derive(Default)]
 struct Histogram {
     counts: [u64; 16],
     sum: f64,
@@ -68,8 +74,9 @@ impl Histogram {
 /// The counters of one role.
 pub struct Metrics {
     role: &'static str,
-    calls: Mutex<BTreeMap<(String, &'static str), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
+    /// Per method: calls by status, and the latency histogram. One lock per
+    /// call, looked up by `&str` without allocating.
+    methods: Mutex<HashMap<String, MethodStats>>,
     in_flight: AtomicI64,
     response_bytes: AtomicU64,
     refused: Mutex<BTreeMap<Refusal, u64>>,
@@ -81,8 +88,7 @@ impl Metrics {
     pub fn new(role: &'static str) -> Metrics {
         Metrics {
             role,
-            calls: Mutex::default(),
-            latency: Mutex::default(),
+            methods: Mutex::default(),
             in_flight: AtomicI64::new(0),
             response_bytes: AtomicU64::new(0),
             refused: Mutex::default(),
@@ -99,15 +105,17 @@ impl Metrics {
     pub fn call_finished(&self, method: &str, code: &'static str, elapsed: Duration, bytes: u64) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.response_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let method = {
-            let mut calls = lock(&self.calls);
-            let known = calls.keys().any(|(m, _)| m == method);
-            let distinct = calls.keys().map(|(m, _)| m).collect::<std::collections::BTreeSet<_>>().len();
-            let method = if known || distinct < MAX_METHODS { method.to_owned() } else { "other".to_owned() };
-            *calls.entry((method.clone(), code)).or_insert(0) += 1;
-            method
+        let mut methods = lock(&self.methods);
+        if !methods.contains_key(method) {
+            let name = if methods.len() < MAX_METHODS { method } else { "other" };
+            methods.entry(name.to_owned()).or_default();
+        }
+        let stats = match methods.get_mut(method) {
+            Some(stats) => stats,
+            None => methods.entry("other".to_owned()).or_default(),
         };
-        lock(&self.latency).entry(method).or_default().observe(elapsed.as_secs_f64());
+        *stats.codes.entry(code).or_insert(0) += 1;
+        stats.latency.observe(elapsed.as_secs_f64());
     }
 
     pub fn refused(&self, why: Refusal) {
@@ -135,18 +143,23 @@ impl Metrics {
 
     /// Calls counted so far for `method` with status `code`.
     pub fn calls(&self, method: &str, code: &str) -> u64 {
-        lock(&self.calls).iter().filter(|((m, c), _)| m == method && *c == code).map(|(_, n)| n).sum()
+        lock(&self.methods).get(method).and_then(|stats| stats.codes.get(code)).copied().unwrap_or(0)
     }
 
     /// The Prometheus text exposition of this role and its `link`.
     pub fn render(&self, link: &Link, out: &mut String) {
         let role = self.role;
+        let methods = lock(&self.methods);
+        let mut names: Vec<&String> = methods.keys().collect();
+        names.sort();
         header(out, "openshell_bridge_calls_total", "counter", "Calls relayed or answered, by method and gRPC status.");
-        for ((method, code), n) in lock(&self.calls).iter() {
-            let _ = writeln!(
-                out,
-                "openshell_bridge_calls_total{{role=\"{role}\",method=\"{method}\",code=\"{code}\"}} {n}"
-            );
+        for method in &names {
+            for (code, n) in &methods[*method].codes {
+                let _ = writeln!(
+                    out,
+                    "openshell_bridge_calls_total{{role=\"{role}\",method=\"{method}\",code=\"{code}\"}} {n}"
+                );
+            }
         }
         header(
             out,
@@ -154,7 +167,8 @@ impl Metrics {
             "histogram",
             "Call duration from request to end of response.",
         );
-        for (method, histogram) in lock(&self.latency).iter() {
+        for method in &names {
+            let histogram = &methods[*method].latency;
             let mut cumulative = 0;
             for (i, bound) in BUCKETS.iter().enumerate() {
                 cumulative += histogram.counts[i];
@@ -258,5 +272,35 @@ pub fn handshake_reason(error: &std::io::Error) -> &'static str {
         E::PeerIncompatible(_) | E::AlertReceived(rustls::AlertDescription::ProtocolVersion) => "incompatible",
         E::InvalidMessage(_) => "not_tls",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_bounded() {
+        let metrics = Metrics::new("shim");
+        for i in 0..(MAX_METHODS + 10) {
+            metrics.call_started();
+            metrics.call_finished(&format!("Method{i}"), "OK", Duration::from_millis(1), 10);
+        }
+        assert_eq!(metrics.calls("Method0", "OK"), 1);
+        assert_eq!(metrics.calls("other", "OK"), 10);
+        assert_eq!(metrics.in_flight(), 0);
+        assert_eq!(lock(&metrics.methods).len(), MAX_METHODS + 1);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut histogram = Histogram::default();
+        for seconds in [0.0001, 0.003, 0.003, 100.0] {
+            histogram.observe(seconds);
+        }
+        assert_eq!(histogram.total, 4);
+        assert_eq!(histogram.counts[0], 1);
+        assert_eq!(histogram.counts[BUCKETS.iter().position(|b| *b == 0.005).unwrap()], 2);
+        assert_eq!(histogram.counts[BUCKETS.len()], 1, "beyond the last bucket counts only in +Inf");
     }
 }
