@@ -346,7 +346,7 @@ async fn a_driver_gap_longer_than_the_wait_fails_unavailable_naming_the_driver()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_call_and_a_cancelled_watch_are_cancelled_at_the_driver() {
+async fn a_cancelled_call_is_cancelled_at_the_driver() {
     let rig = Rig::start(|_| {}).await;
     let driver = RawDriver::serve(&rig.driver_socket, |_| Answer {
         delay: Duration::from_secs(10),
