@@ -475,7 +475,8 @@ fn render_effective(command: &clap::Command, matches: &ArgMatches, from_file: &B
 
 /// A TOML scalar: integers bare, everything else a quoted string.
 fn toml_scalar(value: &str) -> String {
-    if !value.is_empty() && value.len() < 19 && value.bytes().all(|b| b.is_ascii_digit()) {
+    let canonical_integer = value == "0" || !value.starts_with('0');
+    if !value.is_empty() && value.len() < 19 && canonical_integer && value.bytes().all(|b| b.is_ascii_digit()) {
         return value.to_owned();
     }
     let escaped: String = value

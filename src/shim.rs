@@ -56,8 +56,17 @@ impl std::str::FromStr for Upstream {
         if uri.path() != "/" && !uri.path().is_empty() {
             return Err(format!("{text:?}: a path is not allowed; expected https://HOST:PORT"));
         }
-        let host = uri.host().ok_or_else(|| format!("{text:?} has no host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        if authority.contains('@') {
+            return Err(format!("{text:?}: user information is not allowed; expected https://HOST:PORT"));
+        }
+        let host = uri.host().unwrap_or_default();
+        let host = match host.strip_prefix('[') {
+            Some(inner) => inner.strip_suffix(']').filter(|h| h.parse::<std::net::Ipv6Addr>().is_ok()),
+            None => Some(host).filter(|h| !h.is_empty() && !h.contains(['[', ']'])),
+        }
+        .ok_or_else(|| format!("{text:?} has no usable host; expected https://HOST:PORT (IPv6 as https://[::1]:PORT)"))?
+        .to_owned();
         let port = uri.port_u16().ok_or_else(|| format!("{text:?} has no port; expected https://HOST:PORT"))?;
         Ok(Upstream { host, port })
     }
@@ -170,6 +179,9 @@ mod tests {
             ("https://relay", "no port"),
             ("https://relay:7443/x", "path"),
             ("not a url", "not a URL"),
+            ("https://:7443", "no usable host"),
+            ("https://1[::1]:74", "no usable host"),
+            ("https://user:pw@relay:7443", "user information"),
         ] {
             let err = bad.parse::<Upstream>().unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");

@@ -101,10 +101,18 @@ pub fn file_to_flags(
         DeTable::parse(text).map_err(|e| format!("--config {file}: not valid TOML: {}", one_line(&e.to_string())))?;
     let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
     let mut out = Vec::new();
+    let mut seen: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     for (key, value) in table.get_ref().iter() {
         let line = line_of(key.span().start);
         let key_text = key.get_ref().as_ref().replace('_', "-");
-        let at = format!("{file}:{line}: key `{}`", key.get_ref().as_ref());
+        let shown: String = key.get_ref().as_ref().chars().take(64).flat_map(char::escape_debug).collect();
+        let at = format!("{file}:{line}: key `{shown}`");
+        if let Some(other) = seen.insert(key_text.clone(), line) {
+            let (first, second) = (other.min(line), other.max(line));
+            return Err(format!(
+                "{file}:{second}: key `{key_text}` set twice (first at line {first}; `-` and `_` spell the same key)"
+            ));
+        }
         if value.get_ref().is_table() {
             return Err(format!("{at}: sections are not supported; write the role's flags as top-level keys"));
         }
@@ -211,7 +219,7 @@ fn check_value(command: &Command, arg: &clap::Arg, value: &str) -> Result<(), St
 }
 
 fn one_line(text: &str) -> String {
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+    text.split(['\n', '\r']).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 #[cfg(test)]
@@ -262,6 +270,7 @@ mod tests {
             ("socket2 = [[1]]\n", "unknown key"),
             ("server-name = [\"a\", \"b\"]\n", "expected one value"),
             ("config = \"other.toml\"\n", "cannot be set in a configuration file"),
+            ("connect_wait = \"1s\"\nconnect-wait = \"2s\"\n", ":7: key `connect-wait` set twice (first at line 6"),
             ("socket = [1\n", "not valid TOML"),
         ];
         for (extra, expected) in cases {

@@ -200,9 +200,13 @@ impl FromStr for IdentityPattern {
 fn unknown_prefix(input: &str, prefix: &str) -> PatternError {
     // `spiffe://corp/x` splits at the scheme's colon; point at the fix.
     let problem = if input.contains("://") {
-        format!("unknown kind {prefix:?}; a URI needs the uri: prefix, as in uri:{input}")
+        format!(
+            "unknown kind {:?}; a URI needs the uri: prefix, as in {:?}",
+            truncate_for_message(prefix),
+            format!("uri:{}", truncate_for_message(input))
+        )
     } else {
-        format!("unknown kind {prefix:?}; use dns:, uri: or cn:")
+        format!("unknown kind {:?}; use dns:, uri: or cn:", truncate_for_message(prefix))
     };
     PatternError::new(input, problem)
 }

@@ -479,7 +479,8 @@ impl PemSummary {
         let mut summary = PemSummary { labels: Vec::new(), legacy_encrypted: false };
         for line in text.lines().map(str::trim) {
             if let Some(label) = line.strip_prefix("-----BEGIN ").and_then(|rest| rest.strip_suffix("-----")) {
-                summary.labels.push(label.to_owned());
+                // Echoed in errors: keep them one printable line.
+                summary.labels.push(label.chars().take(64).flat_map(char::escape_debug).collect());
             } else if line.starts_with("Proc-Type:") && line.contains("ENCRYPTED") {
                 summary.legacy_encrypted = true;
             }
