@@ -24,14 +24,14 @@ pub async fn run(parsed: Parsed) -> anyhow::Result<ExitCode> {
     match parsed.cli.command {
         Command::Shim(args) => {
             let config = args.to_config().map_err(anyhow::Error::msg)?;
-            let drain = config.drain_timeout;
+            let drain = config.settings.drain_timeout;
             let shutdown = Shutdown::new();
             let shim = crate::shim::start(config, shutdown.clone())?;
             serve_until_signal(shutdown, drain, shim.task).await
         }
         Command::Relay(args) => {
             let config = args.to_config().map_err(anyhow::Error::msg)?;
-            let drain = config.drain_timeout;
+            let drain = config.settings.drain_timeout;
             let shutdown = Shutdown::new();
             let relay = crate::relay::start(config, shutdown.clone()).await?;
             serve_until_signal(shutdown, drain, relay.task).await

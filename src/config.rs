@@ -17,6 +17,7 @@ use crate::link::LinkSettings;
 use crate::listen::serve::ServerSettings;
 use crate::policy::{Access, Rule};
 use crate::relay::{DriverTarget, RelayConfig};
+use crate::settings::RoleSettings;
 use crate::shim::{ShimConfig, Upstream};
 use crate::tls::config::TlsFiles;
 use crate::tls::identity::IdentityPattern;
@@ -159,6 +160,17 @@ pub struct TuningArgs {
 }
 
 impl TuningArgs {
+    fn settings(&self, admin: &AdminArgs) -> RoleSettings {
+        RoleSettings {
+            link: self.link(),
+            server: self.server(),
+            forward: self.forward(),
+            drain_timeout: self.drain_timeout,
+            admin: admin.admin,
+            unsafe_admin: admin.unsafe_admin,
+        }
+    }
+
     fn link(&self) -> LinkSettings {
         LinkSettings {
             connect_wait: self.connect_wait,
@@ -259,12 +271,7 @@ impl ShimArgs {
             expect_server,
             tls: self.tls.files(),
             allow_uids: self.allow_uids.clone(),
-            link: self.tuning.link(),
-            server: self.tuning.server(),
-            forward: self.tuning.forward(),
-            drain_timeout: self.tuning.drain_timeout,
-            admin: self.admin.admin,
-            unsafe_admin: self.admin.unsafe_admin,
+            settings: self.tuning.settings(&self.admin),
         })
     }
 }
@@ -344,12 +351,7 @@ impl RelayArgs {
             tls: self.tls.files(),
             rules,
             any_client: self.allow_any_client.then_some(Access::Full),
-            link: self.tuning.link(),
-            server: self.tuning.server(),
-            forward: self.tuning.forward(),
-            drain_timeout: self.tuning.drain_timeout,
-            admin: self.admin.admin,
-            unsafe_admin: self.admin.unsafe_admin,
+            settings: self.tuning.settings(&self.admin),
         })
     }
 }

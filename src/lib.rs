@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod relay;
+pub mod settings;
 pub mod shim;
 pub mod shutdown;
 pub mod status;

@@ -5,19 +5,18 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use tokio::net::TcpListener;
 
 use crate::connect::Connector;
-use crate::forward::{ForwardOptions, Forwarder};
-use crate::link::{Link, LinkSettings, Target};
-use crate::listen::serve::ServerSettings;
+use crate::forward::Forwarder;
+use crate::link::{Link, Target};
 use crate::policy::{Access, Policy, Rule};
+use crate::settings::RoleSettings;
 use crate::shutdown::Shutdown;
-use crate::tls::config::{describe_certificate, record_expiry, server_config, TlsFiles};
+use crate::tls::config::{describe_certificate, server_config, TlsFiles};
 
 /// Where the real driver listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,13 +67,7 @@ pub struct RelayConfig {
     pub tls: TlsFiles,
     pub rules: Vec<Rule>,
     pub any_client: Option<Access>,
-    pub link: LinkSettings,
-    pub server: ServerSettings,
-    pub forward: ForwardOptions,
-    pub drain_timeout: Duration,
-    /// The admin endpoint's address, if any.
-    pub admin: Option<std::net::SocketAddr>,
-    pub unsafe_admin: bool,
+    pub settings: RoleSettings,
 }
 
 /// A relay that is serving.
@@ -99,21 +92,15 @@ pub async fn start(config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<Ru
         anyhow::bail!("no client may call: give --allow-client ID (dns:NAME, uri:URI or cn:NAME) or, explicitly, --allow-any-client");
     }
     let tls = Arc::new(ArcSwap::from_pointee(server_config(&config.tls)?));
-    let link = Link::new("driver", vec![driver_target(&config.driver)], config.link.clone());
+    let link = Link::new("driver", vec![driver_target(&config.driver)], config.settings.link.clone());
     let policy = Policy::Clients { rules: config.rules.clone(), any_client: config.any_client };
-    let forwarder = Forwarder::new("relay", link, policy, shutdown.clone(), config.forward.clone());
-    let certificate = record_expiry(&config.tls, forwarder.metrics());
-    let (files, metrics) = (config.tls.clone(), forwarder.metrics().clone());
-    crate::tls::reload::spawn(
+    let forwarder = Forwarder::new("relay", link, policy, shutdown.clone(), config.settings.forward.clone());
+    let certificate = crate::tls::reload::keep_current(
         "relay server certificate",
-        files.paths(),
-        files.reload_interval,
+        &config.tls,
         tls.clone(),
-        move || {
-            let config = server_config(&files)?;
-            record_expiry(&files, &metrics);
-            Ok(config)
-        },
+        server_config,
+        forwarder.metrics().clone(),
         shutdown.clone(),
     );
     let listener = TcpListener::bind(config.listen)
@@ -123,10 +110,7 @@ pub async fn start(config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<Ru
     if !local_addr.ip().is_loopback() {
         tracing::info!(%local_addr, "relay listening on a network address (clients must present a certificate of --ca)");
     }
-    let admin = match config.admin {
-        Some(addr) => Some(crate::admin::start(addr, config.unsafe_admin, forwarder.clone(), shutdown.clone())?),
-        None => None,
-    };
+    let admin = config.settings.start_admin(&forwarder, &shutdown)?;
     tracing::info!(
         listen = %local_addr,
         driver = %config.driver.label(),
@@ -136,7 +120,13 @@ pub async fn start(config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<Ru
         admin = %admin.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         "relay serving"
     );
-    let task = tokio::spawn(crate::listen::tls::run(listener, tls.clone(), forwarder.clone(), config.server, shutdown));
+    let task = tokio::spawn(crate::listen::tls::run(
+        listener,
+        tls.clone(),
+        forwarder.clone(),
+        config.settings.server,
+        shutdown,
+    ));
     Ok(RunningRelay { local_addr, forwarder, tls, task, admin })
 }
 

@@ -4,20 +4,19 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use rustls::pki_types::ServerName;
 
 use crate::connect::{tls::TlsConnector, Connector};
-use crate::forward::{ForwardOptions, Forwarder};
-use crate::link::{Link, LinkSettings, Target};
-use crate::listen::serve::ServerSettings;
+use crate::forward::Forwarder;
+use crate::link::{Link, Target};
 use crate::listen::uds::{self, PrivateSocket};
 use crate::policy::Policy;
+use crate::settings::RoleSettings;
 use crate::shutdown::Shutdown;
-use crate::tls::config::{client_config, describe_certificate, record_expiry, TlsFiles};
+use crate::tls::config::{client_config, describe_certificate, TlsFiles};
 use crate::tls::identity::IdentityPattern;
 
 /// An upstream as given by `--upstream https://HOST:PORT`.
@@ -82,13 +81,7 @@ pub struct ShimConfig {
     pub expect_server: Vec<IdentityPattern>,
     pub tls: TlsFiles,
     pub allow_uids: Vec<u32>,
-    pub link: LinkSettings,
-    pub server: ServerSettings,
-    pub forward: ForwardOptions,
-    pub drain_timeout: Duration,
-    /// The admin endpoint's address, if any.
-    pub admin: Option<std::net::SocketAddr>,
-    pub unsafe_admin: bool,
+    pub settings: RoleSettings,
 }
 
 /// A shim that is serving.
@@ -110,27 +103,19 @@ pub fn start(config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<RunningSh
         .iter()
         .map(|upstream| target_for(upstream, config.server_name.as_deref(), &tls))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let link = Link::new("upstream", targets, config.link.clone());
-    let forwarder = Forwarder::new("shim", link, Policy::LocalPeers, shutdown.clone(), config.forward.clone());
-    let certificate = record_expiry(&config.tls, forwarder.metrics());
-    let (files, expect, metrics) = (config.tls.clone(), config.expect_server.clone(), forwarder.metrics().clone());
-    crate::tls::reload::spawn(
+    let link = Link::new("upstream", targets, config.settings.link.clone());
+    let forwarder = Forwarder::new("shim", link, Policy::LocalPeers, shutdown.clone(), config.settings.forward.clone());
+    let expect = config.expect_server.clone();
+    let certificate = crate::tls::reload::keep_current(
         "shim client certificate",
-        files.paths(),
-        files.reload_interval,
+        &config.tls,
         tls.clone(),
-        move || {
-            let config = client_config(&files, &expect)?;
-            record_expiry(&files, &metrics);
-            Ok(config)
-        },
+        move |files| client_config(files, &expect),
+        forwarder.metrics().clone(),
         shutdown.clone(),
     );
     let socket = PrivateSocket::bind(&config.socket, &config.allow_uids)?;
-    let admin = match config.admin {
-        Some(addr) => Some(crate::admin::start(addr, config.unsafe_admin, forwarder.clone(), shutdown.clone())?),
-        None => None,
-    };
+    let admin = config.settings.start_admin(&forwarder, &shutdown)?;
     tracing::info!(
         socket = %config.socket.display(),
         upstreams = %forwarder.link().labels().join(", "),
@@ -141,7 +126,7 @@ pub fn start(config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<RunningSh
         admin = %admin.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         "shim serving"
     );
-    let task = tokio::spawn(uds::run(socket, forwarder.clone(), config.server, shutdown));
+    let task = tokio::spawn(uds::run(socket, forwarder.clone(), config.settings.server, shutdown));
     Ok(RunningShim { socket: config.socket, forwarder, tls, task, admin })
 }
 

@@ -33,9 +33,12 @@ fn admin_on_loopback() -> Option<SocketAddr> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints_report_health_readiness_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let chain =
-        Chain::start_with(dir, |relay| relay.admin = admin_on_loopback(), |shim| shim.admin = admin_on_loopback())
-            .await;
+    let chain = Chain::start_with(
+        dir,
+        |relay| relay.settings.admin = admin_on_loopback(),
+        |shim| shim.settings.admin = admin_on_loopback(),
+    )
+    .await;
     let (shim_admin, relay_admin) = (chain.shim.admin.unwrap(), chain.relay.admin.unwrap());
 
     // No driver yet: alive, but not ready, and the reason names the driver.
@@ -94,7 +97,8 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shim_socket_answers_grpc_health_checks() {
     let dir = tempfile::tempdir().unwrap();
-    let chain = Chain::start_with(dir, |_| {}, |shim| shim.link.connect_wait = Duration::from_millis(500)).await;
+    let chain =
+        Chain::start_with(dir, |_| {}, |shim| shim.settings.link.connect_wait = Duration::from_millis(500)).await;
     let check = || raw_call(&chain.shim_socket, "/grpc.health.v1.Health/Check", &[], grpc_frame(b""));
     // The relay is up but has no driver: the shim's link still comes up, so SERVING
     // describes the shim's hop; readiness of the driver is the relay's business.
@@ -113,7 +117,7 @@ async fn the_shim_socket_answers_grpc_health_checks() {
     let closed: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let socket = dir.path().join("lonely/s.sock");
     let mut config = shim_config(&pki, &socket, closed);
-    config.link.connect_wait = Duration::from_millis(300);
+    config.settings.link.connect_wait = Duration::from_millis(300);
     let shutdown = openshell_driver_bridge::shutdown::Shutdown::new();
     openshell_driver_bridge::shim::start(config, shutdown.clone()).unwrap();
     let response = raw_call(&socket, "/grpc.health.v1.Health/Check", &[], grpc_frame(b"")).await;

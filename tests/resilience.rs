@@ -133,7 +133,7 @@ async fn gateway_starting_while_the_relay_is_down_rides_out_the_outage() {
     let relay_addr = free_port();
     let socket = dir.path().join("shim/s.sock");
     let mut config = shim_config(&pki, &socket, relay_addr);
-    config.link.connect_wait = Duration::from_secs(10);
+    config.settings.link.connect_wait = Duration::from_secs(10);
     shim::start(config, shutdown.clone()).unwrap();
 
     // The relay comes up 3 s after the gateway's first call.
@@ -160,7 +160,7 @@ async fn relay_down_longer_than_connect_wait_fails_unavailable_in_bound() {
     let relay_addr = free_port();
     let socket = dir.path().join("shim/s.sock");
     let mut config = shim_config(&pki, &socket, relay_addr);
-    config.link.connect_wait = Duration::from_secs(2);
+    config.settings.link.connect_wait = Duration::from_secs(2);
     let shutdown = Shutdown::new();
     shim::start(config, shutdown.clone()).unwrap();
     let mut gateway = driver_client(&socket).await.unwrap();
@@ -401,7 +401,7 @@ async fn a_deadline_expiring_in_the_bridge_ends_the_call_on_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_timeout_applies_to_unary_calls_but_not_to_watches() {
-    let rig = Rig::start(|config| config.forward.default_timeout = Some(Duration::from_millis(300))).await;
+    let rig = Rig::start(|config| config.settings.forward.default_timeout = Some(Duration::from_millis(300))).await;
     let driver = RawDriver::serve(&rig.driver_socket, |_| Answer {
         delay: Duration::from_secs(1),
         ..Answer::ok(grpc_frame(b""))
@@ -585,7 +585,7 @@ async fn a_relay_refusing_our_certificate_is_not_redialled_in_a_loop() {
         dir,
         |_| {},
         |shim| {
-            shim.link.connect_wait = Duration::from_secs(2);
+            shim.settings.link.connect_wait = Duration::from_secs(2);
         },
     )
     .await;

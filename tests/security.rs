@@ -491,7 +491,7 @@ async fn shim_verdict(
 ) -> tonic::Status {
     let socket = dir.join(format!("shim-{}/s.sock", addr.port()));
     let mut config = shim_config(pki, &socket, addr);
-    config.link.connect_wait = Duration::from_millis(500);
+    config.settings.link.connect_wait = Duration::from_millis(500);
     tweak(&mut config);
     let shutdown = openshell_driver_bridge::shutdown::Shutdown::new();
     let _shim = openshell_driver_bridge::shim::start(config, shutdown.clone()).unwrap();

@@ -8,10 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::DemoArgs;
-use crate::link::LinkSettings;
-use crate::listen::serve::ServerSettings;
 use crate::policy::{Access, Rule};
 use crate::relay::{DriverTarget, RelayConfig};
+use crate::settings::RoleSettings;
 use crate::shim::{ShimConfig, Upstream};
 use crate::shutdown::{on_signals, Shutdown};
 use crate::tls::config::TlsFiles;
@@ -45,12 +44,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 access: Access::Full,
             }],
             any_client: None,
-            link: LinkSettings::default(),
-            server: ServerSettings::default(),
-            forward: Default::default(),
-            drain_timeout: DRAIN,
-            admin: None,
-            unsafe_admin: false,
+            settings: RoleSettings { drain_timeout: DRAIN, ..RoleSettings::default() },
         },
         shutdown.clone(),
     )
@@ -64,12 +58,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             expect_server: vec![],
             tls: tls_files(&pki.ca, &pki.client_cert, &pki.client_key),
             allow_uids: vec![],
-            link: LinkSettings::default(),
-            server: ServerSettings::default(),
-            forward: Default::default(),
-            drain_timeout: DRAIN,
-            admin: None,
-            unsafe_admin: false,
+            settings: RoleSettings { drain_timeout: DRAIN, ..RoleSettings::default() },
         },
         shutdown.clone(),
     )?;

@@ -14,8 +14,10 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::tls::config::TlsConfigError;
+use crate::tls::config::{record_expiry, TlsConfigError, TlsFiles};
+use crate::tls::material::CertInfo;
 
 /// What identifies a file's version without reading it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,8 +35,40 @@ fn stamp(files: &[PathBuf]) -> Stamp {
     )
 }
 
+/// Keeps `cell` (built from `files` by `build`) current, recording the
+/// certificates' expiry in `metrics` now and after every reload; returns
+/// this side's certificate details for the start-up summary.
+pub fn keep_current<T, F>(
+    label: &'static str,
+    files: &TlsFiles,
+    cell: Arc<ArcSwap<T>>,
+    build: F,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Option<CertInfo>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&TlsFiles) -> Result<T, TlsConfigError> + Send + Sync + 'static,
+{
+    let certificate = record_expiry(files, &metrics);
+    let owned = files.clone();
+    spawn(
+        label,
+        files.paths(),
+        files.reload_interval,
+        cell,
+        move || {
+            let config = build(&owned)?;
+            record_expiry(&owned, &metrics);
+            Ok(config)
+        },
+        shutdown,
+    );
+    certificate
+}
+
 /// Keeps `cell` current with `files`, rebuilding through `build`.
-pub fn spawn<T, F>(
+fn spawn<T, F>(
     label: &'static str,
     files: Vec<PathBuf>,
     interval: Duration,

@@ -22,11 +22,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
 use openshell_driver_bridge::link::LinkSettings;
-use openshell_driver_bridge::listen::serve::ServerSettings;
 use openshell_driver_bridge::listen::uds::PrivateSocket;
 use openshell_driver_bridge::pki::{self, Ca, LeafSpec};
 use openshell_driver_bridge::policy::{Access, Rule};
 use openshell_driver_bridge::relay::{self, DriverTarget, RelayConfig, RunningRelay};
+use openshell_driver_bridge::settings::RoleSettings;
 use openshell_driver_bridge::shim::{self, RunningShim, ShimConfig, Upstream};
 use openshell_driver_bridge::shutdown::Shutdown;
 use openshell_driver_bridge::tls::config::TlsFiles;
@@ -106,6 +106,10 @@ pub fn quick_link() -> LinkSettings {
     }
 }
 
+pub fn quick_settings() -> RoleSettings {
+    RoleSettings { link: quick_link(), drain_timeout: Duration::from_secs(2), ..RoleSettings::default() }
+}
+
 pub fn relay_config(pki: &TestPki, driver: DriverTarget) -> RelayConfig {
     RelayConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -114,12 +118,7 @@ pub fn relay_config(pki: &TestPki, driver: DriverTarget) -> RelayConfig {
         tls: pki.server_tls(),
         rules: vec![Rule { pattern: format!("dns:{GATEWAY_ID}").parse().unwrap(), access: Access::Full }],
         any_client: None,
-        link: quick_link(),
-        server: ServerSettings::default(),
-        forward: Default::default(),
-        drain_timeout: Duration::from_secs(2),
-        admin: None,
-        unsafe_admin: false,
+        settings: quick_settings(),
     }
 }
 
@@ -131,12 +130,7 @@ pub fn shim_config(pki: &TestPki, socket: &Path, relay: SocketAddr) -> ShimConfi
         expect_server: vec![],
         tls: pki.client_tls(),
         allow_uids: vec![],
-        link: quick_link(),
-        server: ServerSettings::default(),
-        forward: Default::default(),
-        drain_timeout: Duration::from_secs(2),
-        admin: None,
-        unsafe_admin: false,
+        settings: quick_settings(),
     }
 }
 

@@ -1,0 +1,47 @@
+//! What every role shares besides its own endpoints: link timing, server
+//! limits, forwarding options, the drain time and the admin endpoint.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::forward::{ForwardOptions, Forwarder};
+use crate::link::LinkSettings;
+use crate::listen::serve::ServerSettings;
+use crate::shutdown::Shutdown;
+
+#[derive(Clone, Debug)]
+pub struct RoleSettings {
+    pub link: LinkSettings,
+    pub server: ServerSettings,
+    pub forward: ForwardOptions,
+    /// On SIGTERM, how long calls in flight may take.
+    pub drain_timeout: Duration,
+    /// The admin endpoint's address, if any.
+    pub admin: Option<SocketAddr>,
+    /// Allow the admin endpoint off loopback.
+    pub unsafe_admin: bool,
+}
+
+impl Default for RoleSettings {
+    fn default() -> Self {
+        RoleSettings {
+            link: LinkSettings::default(),
+            server: ServerSettings::default(),
+            forward: ForwardOptions::default(),
+            drain_timeout: Duration::from_secs(10),
+            admin: None,
+            unsafe_admin: false,
+        }
+    }
+}
+
+impl RoleSettings {
+    /// Starts the admin endpoint for `forwarder` when one is configured;
+    /// where it listens.
+    pub fn start_admin(&self, forwarder: &Forwarder, shutdown: &Shutdown) -> anyhow::Result<Option<SocketAddr>> {
+        match self.admin {
+            Some(addr) => Ok(Some(crate::admin::start(addr, self.unsafe_admin, forwarder.clone(), shutdown.clone())?)),
+            None => Ok(None),
+        }
+    }
+}
