@@ -157,6 +157,9 @@ pub struct TuningArgs {
     /// Time a TLS client gets to complete its handshake.
     #[arg(long, env = "OPENSHELL_BRIDGE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
+    /// Threads serving calls. 1 (one event loop) is fastest per call; more help a relay serving many shims on many cores.
+    #[arg(long, env = "OPENSHELL_BRIDGE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub worker_threads: u16,
 }
 
 impl TuningArgs {
@@ -407,6 +410,17 @@ pub struct DemoArgs {
     /// Drive a short scripted session through the shim, print it, and exit 0 only if every step behaved.
     #[arg(long)]
     pub smoke: bool,
+}
+
+impl Command {
+    /// Threads the async runtime should serve with.
+    pub fn worker_threads(&self) -> usize {
+        match self {
+            Command::Shim(args) => args.tuning.worker_threads.into(),
+            Command::Relay(args) => args.tuning.worker_threads.into(),
+            _ => 1,
+        }
+    }
 }
 
 /// The parsed command line, with what is needed to show where values came from.

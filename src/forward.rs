@@ -47,6 +47,8 @@ struct ForwarderInner {
     shutdown: Shutdown,
     default_timeout: Option<Duration>,
     metrics: Arc<Metrics>,
+    /// Why streams end when the bridge stops, made once.
+    shutting_down: Arc<str>,
 }
 
 /// Options of a forwarder beyond its link and policy.
@@ -66,6 +68,7 @@ impl Forwarder {
                 shutdown,
                 default_timeout: options.default_timeout,
                 metrics: Arc::new(Metrics::new(role)),
+                shutting_down: Arc::from(format!("{role} is shutting down")),
             }),
         }
     }
@@ -139,9 +142,9 @@ impl Forwarder {
         };
         let sent = tokio::select! {
             sent = send => sent,
-            _ = stop.cancelled() => Err(BridgeStatus::new(Code::Unavailable, format!("{role} is shutting down"))),
+            _ = stop.cancelled() => Err(BridgeStatus::new(Code::Unavailable, self.inner.shutting_down.to_string())),
         };
-        let (response, label) = match sent {
+        let (response, hop) = match sent {
             Ok(sent) => sent,
             Err(status) => {
                 log.finished_with(&status);
@@ -152,13 +155,12 @@ impl Forwarder {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let header_status = grpc_status_of(&parts.headers);
-        let hop: Arc<str> = Arc::from(label);
         let mut body = RelayBody::response(body, hop, header_status);
         if let (Some(at), Some(budget)) = (deadline, budget) {
             body = body.with_deadline(at, budget);
         }
         body = body
-            .with_stop(stop.clone().cancelled_owned(), Arc::from(format!("{role} is shutting down")))
+            .with_stop(stop.clone().cancelled_owned(), self.inner.shutting_down.clone())
             .with_observer(Box::new(log));
         Response::from_parts(parts, body)
     }

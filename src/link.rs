@@ -73,6 +73,8 @@ pub struct Link {
 struct Inner {
     role: &'static str,
     targets: Vec<Target>,
+    /// The targets' labels, shared with every response body that names them.
+    hops: Vec<Arc<str>>,
     settings: LinkSettings,
     state: Mutex<State>,
     changed: Notify,
@@ -119,6 +121,7 @@ impl Link {
         Link {
             inner: Arc::new(Inner {
                 role,
+                hops: targets.iter().map(|t| Arc::from(t.label.as_str())).collect(),
                 targets,
                 settings,
                 state: Mutex::new(State::default()),
@@ -143,7 +146,7 @@ impl Link {
     /// target's) and waits for the response headers. Fails with
     /// `UNAVAILABLE` naming the hop when the link cannot be had in time or
     /// breaks before the response.
-    pub async fn send(&self, mut request: Request<RelayBody>) -> Result<(Response<Incoming>, &str), BridgeStatus> {
+    pub async fn send(&self, mut request: Request<RelayBody>) -> Result<(Response<Incoming>, Arc<str>), BridgeStatus> {
         let wait_until = Instant::now() + self.inner.settings.connect_wait;
         loop {
             let mut conn = self.ready(wait_until).await?;
@@ -154,7 +157,7 @@ impl Link {
                     if !conn.answered.swap(true, std::sync::atomic::Ordering::Relaxed) {
                         self.inner.lock().strikes = 0;
                     }
-                    return Ok((response, target.label.as_str()));
+                    return Ok((response, self.inner.hops[conn.target].clone()));
                 }
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => {
@@ -178,6 +181,10 @@ impl Link {
     /// A live connection, connecting if needed, waiting at most until
     /// `wait_until`.
     async fn ready(&self, wait_until: Instant) -> Result<Conn, BridgeStatus> {
+        // The common case, a live connection: one lock, nothing else.
+        if let Some(conn) = self.inner.lock().conn.as_ref().filter(|c| !c.sender.is_closed()) {
+            return Ok(conn.clone());
+        }
         let _waiter = Waiter::new(&self.inner);
         loop {
             let notified = self.inner.changed.notified();
