@@ -20,18 +20,6 @@ use openshell_driver_bridge::shim::{self, ShimConfig};
 use openshell_driver_bridge::shutdown::Shutdown;
 use tonic::Code;
 
-fn sandbox(id: &str) -> DriverSandbox {
-    DriverSandbox {
-        id: id.into(),
-        name: id.into(),
-        spec: Some(DriverSandboxSpec {
-            template: Some(DriverSandboxTemplate { image: "img".into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// driver <- relay <- fault proxy <- shim, each part separately stoppable.
 struct Rig {
     /// Keeps the sockets and certificates alive for the rig's lifetime.

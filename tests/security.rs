@@ -27,18 +27,6 @@ fn days(n: i64) -> time::Duration {
     time::Duration::days(n)
 }
 
-fn sandbox(id: &str) -> DriverSandbox {
-    DriverSandbox {
-        id: id.into(),
-        name: id.into(),
-        spec: Some(DriverSandboxSpec {
-            template: Some(DriverSandboxTemplate { image: "img".into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_slice_iter(pem.as_bytes()).map(|c| c.unwrap()).collect()
 }
@@ -96,6 +84,26 @@ async fn tls_attempt(addr: &str, config: rustls::ClientConfig) -> String {
         Ok(Err(e)) => format!("read: {e}"),
         Err(_) => "no answer".into(),
     }
+}
+
+/// A second shim in front of the chain's relay, presenting a certificate of
+/// the chain's CA for the identity `dns:NAME`; its socket and process.
+async fn shim_as(chain: &ProcessChain, name: &str) -> (std::path::PathBuf, Bridge) {
+    let identity = chain.pki.issue(name, &LeafSpec::client(name));
+    let socket = chain.dir.path().join(format!("{name}/s.sock"));
+    let mut args: Vec<String> = vec![
+        "shim".into(),
+        "--socket".into(),
+        socket.display().to_string(),
+        "--upstream".into(),
+        format!("https://{}", chain.relay_addr),
+        "--server-name".into(),
+        "localhost".into(),
+    ];
+    args.extend(common::process::tls_args(&chain.pki.ca_file, &identity));
+    let shim = Bridge::spawn(&format!("{name}-shim"), &args, &[]);
+    shim.expect_log(&["shim serving"]).await;
+    (socket, shim)
 }
 
 /// A gateway-side watch that must survive the whole matrix.
@@ -232,20 +240,7 @@ async fn an_identity_not_allowed_gets_permission_denied_naming_it() {
     let mut chain = ProcessChain::start(&[], &[], &[]).await;
     let mut watch = bystander(&chain).await;
     // A second shim with a valid certificate of the CA but an unlisted name.
-    let intruder = chain.pki.issue("intruder", &LeafSpec::client("intruder"));
-    let socket = chain.dir.path().join("intruder/s.sock");
-    let mut args: Vec<String> = vec![
-        "shim".into(),
-        "--socket".into(),
-        socket.display().to_string(),
-        "--upstream".into(),
-        format!("https://{}", chain.relay_addr),
-        "--server-name".into(),
-        "localhost".into(),
-    ];
-    args.extend(common::process::tls_args(&chain.pki.ca_file, &intruder));
-    let shim = Bridge::spawn("intruder-shim", &args, &[]);
-    shim.expect_log(&["shim serving"]).await;
+    let (socket, _shim) = shim_as(&chain, "intruder").await;
     let mut client = driver_client(&socket).await.unwrap();
     let status = client.list_sandboxes(ListSandboxesRequest {}).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -262,20 +257,7 @@ async fn a_read_only_identity_may_list_but_not_create() {
         &[],
     )
     .await;
-    let viewer = chain.pki.issue("viewer", &LeafSpec::client("viewer"));
-    let socket = chain.dir.path().join("viewer/s.sock");
-    let mut args: Vec<String> = vec![
-        "shim".into(),
-        "--socket".into(),
-        socket.display().to_string(),
-        "--upstream".into(),
-        format!("https://{}", chain.relay_addr),
-        "--server-name".into(),
-        "localhost".into(),
-    ];
-    args.extend(common::process::tls_args(&chain.pki.ca_file, &viewer));
-    let shim = Bridge::spawn("viewer-shim", &args, &[]);
-    shim.expect_log(&["shim serving"]).await;
+    let (socket, _shim) = shim_as(&chain, "viewer").await;
     let mut viewer_client = driver_client(&socket).await.unwrap();
     let listed = viewer_client.list_sandboxes(ListSandboxesRequest {}).await.unwrap().into_inner();
     assert!(listed.sandboxes.is_empty());

@@ -73,18 +73,6 @@ async fn bounded<T>(
     }
 }
 
-fn sandbox(id: &str) -> DriverSandbox {
-    DriverSandbox {
-        id: id.into(),
-        name: id.into(),
-        spec: Some(DriverSandboxSpec {
-            template: Some(DriverSandboxTemplate { image: "img".into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// One gateway-like worker: unique sandboxes through their whole lifecycle.
 async fn worker(socket: std::path::PathBuf, id: usize, until: Instant, tally: Arc<Tally>) {
     let mut n = 0u64;

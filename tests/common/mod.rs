@@ -33,6 +33,20 @@ use openshell_driver_bridge::tls::config::TlsFiles;
 
 pub const GATEWAY_ID: &str = "openshell-gateway";
 
+/// A minimal valid sandbox named after its id.
+pub fn sandbox(id: &str) -> openshell_driver_bridge::proto::compute::DriverSandbox {
+    use openshell_driver_bridge::proto::compute::{DriverSandbox, DriverSandboxSpec, DriverSandboxTemplate};
+    DriverSandbox {
+        id: id.into(),
+        name: id.into(),
+        spec: Some(DriverSandboxSpec {
+            template: Some(DriverSandboxTemplate { image: "img".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// A CA with a server (localhost, 127.0.0.1) and a client (openshell-gateway)
 /// certificate, written to files as an operator would have them.
 pub struct TestPki {
