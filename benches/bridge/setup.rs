@@ -65,14 +65,7 @@ impl Pki {
 }
 
 fn files(ca: &Path, (cert, key): &(PathBuf, PathBuf)) -> TlsFiles {
-    TlsFiles {
-        ca: ca.to_path_buf(),
-        cert: cert.clone(),
-        key: key.clone(),
-        allow_loose_key_permissions: false,
-        tls12: false,
-        reload_interval: Duration::from_secs(60),
-    }
+    TlsFiles { reload_interval: Duration::from_secs(60), ..TlsFiles::new(ca, cert, key) }
 }
 
 /// How a client reaches a path.

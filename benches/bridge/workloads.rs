@@ -10,7 +10,8 @@ use openshell_driver_bridge::demo::driver::DemoDriver;
 use openshell_driver_bridge::proto::compute::compute_driver_server::ComputeDriver;
 use openshell_driver_bridge::proto::compute::{
     CreateSandboxRequest, DriverResourceRequirements, DriverSandbox, DriverSandboxSpec, DriverSandboxTemplate,
-    GetSandboxRequest, ListSandboxesRequest, StartSandboxRequest, StopSandboxRequest, WatchSandboxesRequest,
+    GetSandboxRequest, ListSandboxesRequest, StartSandboxRequest, StopSandboxRequest, WatchSandboxesEvent,
+    WatchSandboxesRequest,
 };
 use prost::Message;
 use tokio::sync::Notify;
@@ -311,15 +312,7 @@ pub async fn watch_rate(
         let (counters, notify, ready, failure) = (counters.clone(), notify.clone(), ready.clone(), failure.clone());
         tasks.push(tokio::spawn(async move {
             let outcome: Result<(), String> = async {
-                let mut stream = client
-                    .watch_sandboxes(WatchSandboxesRequest {})
-                    .await
-                    .map_err(|s| format!("WatchSandboxes: {:?}: {}", s.code(), s.message()))?
-                    .into_inner();
-                for _ in 0..backlog {
-                    stream.message().await.map_err(|s| format!("watch snapshot: {}", s.message()))?;
-                }
-                ready.fetch_add(1, Ordering::SeqCst);
+                let mut stream = open_watch(&mut client, backlog, &ready).await?;
                 loop {
                     match stream.message().await {
                         Ok(Some(_)) => {
@@ -396,6 +389,25 @@ pub async fn watch_rate(
     Ok(vec![(delivered1 - delivered0) as f64 / secs, (produced1 - produced0) as f64 / secs])
 }
 
+/// Opens a watch, reads its `backlog` snapshot events, then counts itself
+/// in `ready`.
+async fn open_watch(
+    client: &mut Client,
+    backlog: usize,
+    ready: &AtomicUsize,
+) -> Result<tonic::Streaming<WatchSandboxesEvent>, String> {
+    let mut stream = client
+        .watch_sandboxes(WatchSandboxesRequest {})
+        .await
+        .map_err(|s| format!("WatchSandboxes: {:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    for _ in 0..backlog {
+        stream.message().await.map_err(|s| format!("watch snapshot: {}", s.message()))?;
+    }
+    ready.fetch_add(1, Ordering::SeqCst);
+    Ok(stream)
+}
+
 /// Opens `count` watches over one connection and holds them; returns the
 /// tasks (abort them to close) once every watch has its snapshot.
 pub async fn open_watches(
@@ -412,15 +424,7 @@ pub async fn open_watches(
             let (ready, failure) = (ready.clone(), failure.clone());
             tokio::spawn(async move {
                 let outcome = async {
-                    let mut stream = client
-                        .watch_sandboxes(WatchSandboxesRequest {})
-                        .await
-                        .map_err(|s| format!("WatchSandboxes: {:?}: {}", s.code(), s.message()))?
-                        .into_inner();
-                    for _ in 0..backlog {
-                        stream.message().await.map_err(|s| format!("watch snapshot: {}", s.message()))?;
-                    }
-                    ready.fetch_add(1, Ordering::SeqCst);
+                    let mut stream = open_watch(&mut client, backlog, &ready).await?;
                     // Hold the stream open until aborted.
                     while let Ok(Some(_)) = stream.message().await {}
                     Err::<(), String>("watch stream ended while held open".into())

@@ -96,14 +96,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn tls_files(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> TlsFiles {
-    TlsFiles {
-        ca: ca.to_path_buf(),
-        cert: cert.to_path_buf(),
-        key: key.to_path_buf(),
-        allow_loose_key_permissions: false,
-        tls12: false,
-        reload_interval: std::time::Duration::from_millis(200),
-    }
+    TlsFiles { reload_interval: std::time::Duration::from_millis(200), ..TlsFiles::new(ca, cert, key) }
 }
 
 fn print_summary(

@@ -33,6 +33,19 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// The files with the command line's defaults: key permissions checked,
+    /// TLS 1.3 only, checked for change every 5 s.
+    pub fn new(ca: impl Into<PathBuf>, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> TlsFiles {
+        TlsFiles {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+            allow_loose_key_permissions: false,
+            tls12: false,
+            reload_interval: std::time::Duration::from_secs(5),
+        }
+    }
+
     pub fn paths(&self) -> Vec<PathBuf> {
         vec![self.ca.clone(), self.cert.clone(), self.key.clone()]
     }

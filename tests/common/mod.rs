@@ -99,14 +99,8 @@ pub fn write_leaf(dir: &Path, name: &str, leaf: &pki::Leaf) -> (PathBuf, PathBuf
 }
 
 pub fn files(ca: &Path, (cert, key): &(PathBuf, PathBuf)) -> TlsFiles {
-    TlsFiles {
-        ca: ca.to_path_buf(),
-        cert: cert.clone(),
-        key: key.clone(),
-        allow_loose_key_permissions: false,
-        tls12: false,
-        reload_interval: std::time::Duration::from_millis(200),
-    }
+    // Short reload interval: rotation tests wait for it.
+    TlsFiles { reload_interval: Duration::from_millis(200), ..TlsFiles::new(ca, cert, key) }
 }
 
 /// Link settings for tests: short waits so failures show within seconds.
