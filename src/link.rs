@@ -78,6 +78,9 @@ struct Inner {
     settings: LinkSettings,
     state: Mutex<State>,
     changed: Notify,
+    /// Wakes a connect loop sleeping in backoff when a caller arrives after
+    /// every earlier one gave up.
+    kick: Notify,
 }
 
 #[derive(Default)]
@@ -85,6 +88,11 @@ struct State {
     conn: Option<Conn>,
     connecting: bool,
     waiting: usize,
+    /// Counts arrivals of a caller while nobody else waited: fresh demand.
+    /// The connect loop answers it with an attempt now and a reset backoff,
+    /// rather than leaving the newcomer behind a backoff grown for callers
+    /// that are gone.
+    demand: u64,
     preferred: usize,
     generation: u64,
     last_error: Option<String>,
@@ -126,6 +134,7 @@ impl Link {
                 settings,
                 state: Mutex::new(State::default()),
                 changed: Notify::new(),
+                kick: Notify::new(),
             }),
         }
     }
@@ -149,7 +158,7 @@ impl Link {
     pub async fn send(&self, mut request: Request<RelayBody>) -> Result<(Response<Incoming>, Arc<str>), BridgeStatus> {
         let wait_until = Instant::now() + self.inner.settings.connect_wait;
         loop {
-            let mut conn = self.ready(wait_until).await?;
+            let mut conn = self.ready(wait_until, self.inner.settings.connect_wait).await?;
             let target = &self.inner.targets[conn.target];
             *request.uri_mut() = target_uri(target, request.uri());
             match conn.sender.try_send_request(request).await {
@@ -179,8 +188,8 @@ impl Link {
     }
 
     /// A live connection, connecting if needed, waiting at most until
-    /// `wait_until`.
-    async fn ready(&self, wait_until: Instant) -> Result<Conn, BridgeStatus> {
+    /// `wait_until` (`wait` after the caller began, for the message).
+    async fn ready(&self, wait_until: Instant, wait: Duration) -> Result<Conn, BridgeStatus> {
         // The common case, a live connection: one lock, nothing else.
         if let Some(conn) = self.inner.lock().conn.as_ref().filter(|c| !c.sender.is_closed()) {
             return Ok(conn.clone());
@@ -204,7 +213,7 @@ impl Link {
                 }
             }
             if tokio::time::timeout_at(wait_until, notified).await.is_err() {
-                return Err(self.unavailable());
+                return Err(self.unavailable(wait));
             }
         }
     }
@@ -212,13 +221,13 @@ impl Link {
     /// Whether the next hop can be reached (connecting if needed, waiting at
     /// most `wait`); the peer's label when it can.
     pub async fn probe(&self, wait: Duration) -> Result<String, BridgeStatus> {
-        let conn = self.ready(Instant::now() + wait).await?;
+        let conn = self.ready(Instant::now() + wait, wait).await?;
         Ok(self.inner.targets[conn.target].label.clone())
     }
 
-    fn unavailable(&self) -> BridgeStatus {
+    fn unavailable(&self, wait: Duration) -> BridgeStatus {
         let state = self.inner.lock();
-        let wait = self.inner.settings.connect_wait.as_millis();
+        let wait = wait.as_millis();
         let who = self.describe_targets();
         let cause = state.last_error.as_deref().unwrap_or("still connecting");
         BridgeStatus::new(Code::Unavailable, format!("{who} unreachable after waiting {wait} ms: {cause}"))
@@ -253,7 +262,13 @@ struct Waiter<'a>(&'a Inner);
 
 impl<'a> Waiter<'a> {
     fn new(inner: &'a Inner) -> Self {
-        inner.lock().waiting += 1;
+        let mut state = inner.lock();
+        if state.waiting == 0 {
+            state.demand += 1;
+            inner.kick.notify_waiters();
+        }
+        state.waiting += 1;
+        drop(state);
         Waiter(inner)
     }
 }
@@ -272,7 +287,10 @@ async fn connect_loop(inner: Arc<Inner>) {
         tokio::time::sleep_until(at).await;
     }
     loop {
-        let start = inner.lock().preferred;
+        let (start, demand) = {
+            let state = inner.lock();
+            (state.preferred, state.demand)
+        };
         let mut errors = Vec::new();
         for offset in 0..inner.targets.len() {
             let index = (start + offset) % inner.targets.len();
@@ -282,7 +300,10 @@ async fn connect_loop(inner: Arc<Inner>) {
             }
         }
         let message = errors.join("; ");
-        let give_up = {
+        let kicked = inner.kick.notified();
+        tokio::pin!(kicked);
+        kicked.as_mut().enable();
+        let (give_up, fresh) = {
             let mut state = inner.lock();
             if state.last_error.as_deref() != Some(message.as_str()) {
                 tracing::warn!(role = inner.role, error = %message, "cannot connect");
@@ -291,14 +312,21 @@ async fn connect_loop(inner: Arc<Inner>) {
             if state.waiting == 0 {
                 state.connecting = false;
             }
-            state.waiting == 0
+            (state.waiting == 0, state.demand != demand)
         };
         inner.changed.notify_waiters();
         if give_up {
             return;
         }
-        tokio::time::sleep(jitter(backoff)).await;
-        backoff = (backoff * 2).min(inner.settings.backoff_max);
+        if fresh {
+            // A caller arrived during this attempt after all earlier ones left.
+            backoff = inner.settings.backoff_initial;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(jitter(backoff)) => backoff = (backoff * 2).min(inner.settings.backoff_max),
+            _ = &mut kicked => backoff = inner.settings.backoff_initial,
+        }
     }
 }
 

@@ -595,3 +595,31 @@ async fn a_relay_refusing_our_certificate_is_not_redialled_in_a_loop() {
     // Backoff from 100 ms doubling: a handful of attempts in 2 s, not one per call or more.
     assert!((1..=12).contains(&attempts), "{attempts} connection attempts for {calls} calls in 2 s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_that_appears_after_callers_gave_up_is_reached_by_the_next_call_at_once() {
+    // The relay's backoff toward the driver grows while the first caller
+    // waits (4 s, then 8 s); the next caller, arriving after it gave up, must
+    // not inherit that pause.
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Chain::start_with(
+        dir,
+        |relay| {
+            relay.settings.link.backoff_initial = Duration::from_secs(4);
+            relay.settings.link.backoff_max = Duration::from_secs(60);
+            relay.settings.link.connect_wait = Duration::from_millis(4500);
+        },
+        |shim| shim.settings.link.connect_wait = Duration::from_secs(10),
+    )
+    .await;
+    let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
+    let status = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert!(status.message().contains("after waiting 4500 ms"), "{}", status.message());
+
+    openshell_driver_bridge::demo::serve(&chain.driver_socket, DemoDriver::new(), chain.shutdown.clone()).unwrap();
+    let started = Instant::now();
+    gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "the new caller waited out an old backoff: {took:?}");
+}
