@@ -56,6 +56,8 @@ struct Settings {
     memory_watches: usize,
     memory_rounds: usize,
     wan: WanLink,
+    /// `--hold SECONDS[:CONCURRENCY]`: no table; load one path for profilers.
+    hold: Option<(Duration, usize)>,
 }
 
 impl Settings {
@@ -81,6 +83,7 @@ impl Settings {
                 memory_watches: 1000,
                 memory_rounds: 3,
                 wan,
+                hold: None,
             }
         } else {
             Settings {
@@ -102,6 +105,7 @@ impl Settings {
                 memory_watches: 1000,
                 memory_rounds: 3,
                 wan,
+                hold: None,
             }
         }
     }
@@ -161,6 +165,8 @@ fn usage() -> &'static str {
      \n  --quick        short rounds (under 2 minutes); also BENCH_QUICK=1\n\
      \n  --only GROUPS  comma-separated subset of: memory, unary, throughput, cpu, watch, list, wan\
      \n  --paths PATHS  comma-separated subset of: direct-uds, direct-mtls, bridge, nginx, bridge-B\
+     \n  --hold S[:C]   no table: load the first selected path with GetSandbox for S seconds at\
+     \n                 concurrency C (default 1), printing the proxies' pids, for perf or strace\
      \n\nenvironment:\
      \n  BENCH_BRIDGE_B_ENV=K=V,...  also measure a second bridge (column bridge-B) with this environment\
      \n  BENCH_BRIDGE_B_BIN=PATH     ... or built from another binary (e.g. a copy of the previous build)\
@@ -212,7 +218,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(Settings::new(quick), only, paths, driver_runtime.handle().clone()));
+    let mut settings = Settings::new(quick);
+    if let Some(spec) = args.iter().position(|a| a == "--hold").and_then(|i| args.get(i + 1)) {
+        let (seconds, concurrency) = spec.split_once(':').unwrap_or((spec, "1"));
+        match (seconds.parse::<u64>(), concurrency.parse::<usize>()) {
+            (Ok(s), Ok(c)) if s > 0 && c > 0 => settings.hold = Some((Duration::from_secs(s), c)),
+            _ => {
+                eprintln!("--hold {spec}: expected SECONDS or SECONDS:CONCURRENCY, both positive integers");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let result = runtime.block_on(run(settings, only, paths, driver_runtime.handle().clone()));
     runtime.shutdown_timeout(Duration::from_secs(1));
     driver_runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
@@ -477,6 +494,17 @@ async fn run(
                 wan_paths[path] = local[path].clone();
             }
         }
+    }
+
+    if let Some((window, concurrency)) = s.hold {
+        let Some((path, Avail::Ready(dial))) = local.iter().enumerate().find(|(_, a)| matches!(a, Avail::Ready(_)))
+        else {
+            anyhow::bail!("--hold: no selected path is ready");
+        };
+        log(format!("hold: loading {} at concurrency {concurrency} for {window:?}", PATHS[path]));
+        let rate = workloads::unary_throughput(dial.clone(), concurrency, window).await.map_err(anyhow::Error::msg)?;
+        log(format!("hold: {} calls/s", report::num(rate[0])));
+        return Ok(());
     }
 
     let mut rows: Vec<Row> = Vec::new();

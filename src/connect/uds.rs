@@ -5,9 +5,10 @@ use std::path::Path;
 use tokio::net::UnixStream;
 
 use super::{describe_io_error, BoxIo, ConnectError};
+use crate::quiet_unix::QuietUnixStream;
 
 pub async fn connect(path: &Path) -> Result<BoxIo, ConnectError> {
-    match UnixStream::connect(path).await {
+    match UnixStream::connect(path).await.and_then(QuietUnixStream::new) {
         Ok(stream) => Ok(Box::new(stream)),
         Err(e) => Err(ConnectError(describe_io_error(&e))),
     }

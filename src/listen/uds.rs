@@ -19,6 +19,7 @@ use super::serve::{serve_connection, ConnectionLimit, ServerSettings};
 use crate::forward::Forwarder;
 use crate::metrics::{Metrics, Refusal};
 use crate::policy::Caller;
+use crate::quiet_unix::QuietUnixStream;
 use crate::shutdown::Shutdown;
 
 /// Why a socket could not be bound, worded for an operator.
@@ -147,6 +148,13 @@ pub async fn run(socket: PrivateSocket, forwarder: Forwarder, settings: ServerSe
         next += 1;
         let peer = format!("{caller} #{next}");
         tracing::debug!(%peer, "local client connected");
+        let stream = match QuietUnixStream::new(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "dropped a local client: cannot register its connection");
+                continue;
+            }
+        };
         let service = forwarder.for_caller(caller);
         let settings = settings.clone();
         let task_shutdown = shutdown.clone();
