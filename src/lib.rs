@@ -15,7 +15,6 @@ pub mod body;
 pub mod check;
 pub mod cli;
 pub mod client;
-pub mod coalesce;
 pub mod config;
 pub mod connect;
 pub mod demo;

@@ -19,7 +19,6 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::body::{describe_hyper_error, RelayBody};
-use crate::coalesce::Coalesce;
 use crate::connect::Connector;
 use crate::status::{BridgeStatus, Code};
 
@@ -351,7 +350,7 @@ async fn connect_one(inner: &Arc<Inner>, index: usize) -> Result<(), String> {
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout)
         .keep_alive_while_idle(true);
-    let handshake = builder.handshake::<_, RelayBody>(TokioIo::new(Coalesce::new(io)));
+    let handshake = builder.handshake::<_, RelayBody>(TokioIo::new(io));
     let (sender, connection) = tokio::time::timeout(settings.connect_timeout, handshake)
         .await
         .map_err(|_| "HTTP/2 handshake timed out".to_string())?

@@ -170,7 +170,7 @@ fn usage() -> &'static str {
      \n\nenvironment:\
      \n  BENCH_BRIDGE_B_ENV=K=V,...  also measure a second bridge (column bridge-B) with this environment\
      \n  BENCH_BRIDGE_B_BIN=PATH     ... or built from another binary (e.g. a copy of the previous build)\
-     \n  TOKIO_WORKER_THREADS=N      inherited by the bridge's processes (not by the bench)\n"
+     \n  OPENSHELL_BRIDGE_WORKER_THREADS=N  inherited by the bridge's processes (--worker-threads)\n"
 }
 
 fn main() -> ExitCode {
@@ -187,7 +187,7 @@ fn main() -> ExitCode {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|groups| groups.split(',').map(|g| g.trim().to_owned()).collect());
-    // Explicit, so TOKIO_WORKER_THREADS (inherited by the bridge's child
+    // Explicit, so TOKIO_WORKER_THREADS (inherited by child
     // processes) changes only the children.
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let paths: Option<Vec<String>> = args

@@ -8,7 +8,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::preface::Opening;
-use crate::coalesce::Coalesce;
 use crate::connect::Io;
 use crate::forward::CallService;
 use crate::metrics::{Metrics, Refusal};
@@ -94,7 +93,7 @@ pub async fn serve_connection<I: Io>(
         .max_frame_size(64 * 1024)
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout);
-    let connection = builder.serve_connection(TokioIo::new(Coalesce::new(io)), service);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
