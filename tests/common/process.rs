@@ -19,6 +19,8 @@ pub struct Bridge {
     pub name: String,
     pub child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The tasks copying stdout and stderr into `log`; they end at EOF.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Bridge {
@@ -38,6 +40,7 @@ impl Bridge {
         }
         let mut child = command.spawn().expect("spawn openshell-driver-bridge");
         let log = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for stream in [
             child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
             child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
@@ -47,7 +50,7 @@ impl Bridge {
         {
             let log = log.clone();
             let tag = name.to_owned();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     if std::env::var_os("BRIDGE_TEST_ECHO").is_some() {
@@ -55,9 +58,9 @@ impl Bridge {
                     }
                     log.lock().unwrap().push(line);
                 }
-            });
+            }));
         }
-        Bridge { name: name.to_owned(), child, log }
+        Bridge { name: name.to_owned(), child, log, readers }
     }
 
     /// Waits until a log line contains every one of `parts`; returns it.
@@ -106,10 +109,16 @@ impl Bridge {
 
     /// Waits for exit, at most `limit`; the exit code.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        match tokio::time::timeout(limit, self.child.wait()).await {
+        let code = match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(Ok(status)) => status.code(),
-            _ => None,
+            _ => return None,
+        };
+        // The process is gone, but its last lines may still be in the pipes:
+        // let the readers reach end of file so `output()` holds everything.
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
         }
+        code
     }
 }
 
