@@ -193,19 +193,14 @@ async fn tonic_gateway_drives_a_grpcio_driver_through_the_bridge() {
 // ---------------------------------------------------------------------------
 // The Python side.
 
+/// The harness's sandbox, with an environment and a token for the Python
+/// side to carry.
 fn sandbox(id: &str) -> DriverSandbox {
-    DriverSandbox {
-        id: id.into(),
-        name: format!("name-{id}"),
-        namespace: "default".into(),
-        spec: Some(DriverSandboxSpec {
-            environment: [("INTEROP".to_owned(), "1".to_owned())].into(),
-            sandbox_token: "not-a-real-token".into(),
-            template: Some(DriverSandboxTemplate { image: "openshell/sandbox:latest".into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let mut sandbox = common::sandbox(id);
+    let spec = sandbox.spec.get_or_insert_with(Default::default);
+    spec.environment = [("INTEROP".to_owned(), "1".to_owned())].into();
+    spec.sandbox_token = "not-a-real-token".into();
+    sandbox
 }
 
 /// A call or message of the tonic gateway, which must not take long.

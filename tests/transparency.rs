@@ -15,19 +15,6 @@ use tonic::Code;
 
 const SERVICE: &str = "/openshell.compute.v1.ComputeDriver";
 
-fn sandbox(id: &str) -> DriverSandbox {
-    DriverSandbox {
-        id: id.into(),
-        name: format!("name-{id}"),
-        namespace: "default".into(),
-        spec: Some(DriverSandboxSpec {
-            template: Some(DriverSandboxTemplate { image: "openshell/sandbox:latest".into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_session_uses_every_method_through_the_chain() {
     let (chain, _driver) = Chain::with_demo_driver().await;

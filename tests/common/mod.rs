@@ -33,14 +33,15 @@ use openshell_driver_bridge::tls::config::TlsFiles;
 
 pub const GATEWAY_ID: &str = "openshell-gateway";
 
-/// A minimal valid sandbox named after its id.
+/// A minimal valid sandbox named after its id (`name-<id>`).
 pub fn sandbox(id: &str) -> openshell_driver_bridge::proto::compute::DriverSandbox {
     use openshell_driver_bridge::proto::compute::{DriverSandbox, DriverSandboxSpec, DriverSandboxTemplate};
     DriverSandbox {
         id: id.into(),
-        name: id.into(),
+        name: format!("name-{id}"),
+        namespace: "default".into(),
         spec: Some(DriverSandboxSpec {
-            template: Some(DriverSandboxTemplate { image: "img".into(), ..Default::default() }),
+            template: Some(DriverSandboxTemplate { image: "openshell/sandbox:latest".into(), ..Default::default() }),
             ..Default::default()
         }),
         ..Default::default()
