@@ -53,7 +53,6 @@ use crate::config::{parse_duration, RelayArgs, ShimArgs};
 use crate::connect::tls::{describe_tls_io_error, TlsConnector};
 use crate::connect::{describe_io_error, tune_tcp, Connector};
 use crate::listen::preface::H2_PREFACE;
-use crate::policy::Access;
 use crate::proto::compute::compute_driver_client::ComputeDriverClient;
 use crate::proto::compute::{GetCapabilitiesRequest, GetCapabilitiesResponse, ListSandboxesRequest};
 use crate::relay::{DriverTarget, RelayConfig};
@@ -713,24 +712,7 @@ fn local_driver(config: &RelayConfig) -> Result<(), String> {
 }
 
 fn describe_relay(config: &RelayConfig) -> String {
-    format!("listen {}, driver {}, clients {}", config.listen, target_name(&config.driver), describe_clients(config))
-}
-
-fn describe_clients(config: &RelayConfig) -> String {
-    let mut clients: Vec<String> = config
-        .rules
-        .iter()
-        .map(|rule| match rule.access {
-            Access::Full => rule.pattern.to_string(),
-            Access::ReadOnly => format!("{} (read-only)", rule.pattern),
-        })
-        .collect();
-    match config.any_client {
-        Some(Access::Full) => clients.push("any client of the CA".into()),
-        Some(Access::ReadOnly) => clients.push("any client of the CA (read-only)".into()),
-        None => {}
-    }
-    clients.join(", ")
+    format!("listen {}, driver {}, clients {}", config.listen, target_name(&config.driver), config.describe_clients())
 }
 
 fn target_name(driver: &DriverTarget) -> String {
@@ -757,7 +739,7 @@ fn relay_names(config: &RelayConfig, material: &Material) -> Outcome {
     Outcome::Pass(format!(
         "shims must verify us as {} (their --server-name or --upstream host); we admit {}",
         names.join(", "),
-        describe_clients(config)
+        config.describe_clients()
     ))
 }
 

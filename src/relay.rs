@@ -70,6 +70,26 @@ pub struct RelayConfig {
     pub settings: RoleSettings,
 }
 
+impl RelayConfig {
+    /// The admitted clients in words, for the start-up line and the doctor.
+    pub fn describe_clients(&self) -> String {
+        let mut parts: Vec<String> = self
+            .rules
+            .iter()
+            .map(|r| match r.access {
+                Access::Full => r.pattern.to_string(),
+                Access::ReadOnly => format!("{} (read-only)", r.pattern),
+            })
+            .collect();
+        match self.any_client {
+            Some(Access::Full) => parts.push("any client of the CA".into()),
+            Some(Access::ReadOnly) => parts.push("any client of the CA (read-only)".into()),
+            None => {}
+        }
+        parts.join(", ")
+    }
+}
+
 /// A relay that is serving.
 pub struct RunningRelay {
     pub local_addr: SocketAddr,
@@ -114,7 +134,7 @@ pub async fn start(config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<Ru
     tracing::info!(
         listen = %local_addr,
         driver = %config.driver.label(),
-        clients = %describe_clients(&config),
+        clients = %config.describe_clients(),
         identity = %describe_certificate(certificate.as_ref()),
         tls12 = config.tls.tls12,
         admin = %admin.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
@@ -140,23 +160,6 @@ fn driver_target(driver: &DriverTarget) -> Target {
         DriverTarget::Tcp(addr) => addr.to_string().parse().unwrap_or(Authority::from_static("localhost")),
     };
     Target { connector, scheme: Scheme::HTTP, authority, label: driver.label() }
-}
-
-fn describe_clients(config: &RelayConfig) -> String {
-    let mut parts: Vec<String> = config
-        .rules
-        .iter()
-        .map(|r| match r.access {
-            Access::Full => r.pattern.to_string(),
-            Access::ReadOnly => format!("{} (read-only)", r.pattern),
-        })
-        .collect();
-    match config.any_client {
-        Some(Access::Full) => parts.push("any client of the CA".into()),
-        Some(Access::ReadOnly) => parts.push("any client of the CA (read-only)".into()),
-        None => {}
-    }
-    parts.join(", ")
 }
 
 #[cfg(test)]
