@@ -13,12 +13,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use h2::RecvStream;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::link::Hop;
 use crate::status::{BridgeStatus, Code};
 
 /// Observes a call's response stream: bytes carried and how it ended.
@@ -29,9 +30,14 @@ pub trait CallObserver: Send + Sync + 'static {
     fn finished(&self, status: Option<&str>, bytes: u64);
 }
 
-/// A request or response body in flight through the bridge.
+/// A response body in flight through the bridge.
 pub struct RelayBody {
-    inner: Option<Incoming>,
+    /// The upstream stream, read straight from h2: each chunk's flow-control
+    /// credit is returned as the chunk is handed on, so the memory a call
+    /// holds stays bounded by the windows.
+    inner: Option<RecvStream>,
+    /// The upstream's data frames are done; its trailers come next.
+    data_done: bool,
     /// A message the bridge answers with itself (health checks).
     data: Option<Bytes>,
     /// Trailers the bridge decided to end the stream with.
@@ -41,8 +47,9 @@ pub struct RelayBody {
 
 /// What a response body watches besides its upstream.
 struct StreamGuard {
-    /// Names the hop in the message of a broken stream.
-    hop: Arc<str>,
+    /// Names the hop (and why its connection ended) in the message of a
+    /// broken stream.
+    hop: Hop,
     deadline: Option<(Pin<Box<Sleep>>, std::time::Duration)>,
     stop: Option<(Pin<Box<WaitForCancellationFutureOwned>>, Arc<str>)>,
     observer: Option<Box<dyn CallObserver>>,
@@ -53,26 +60,21 @@ struct StreamGuard {
 impl RelayBody {
     /// A body with no frames (Trailers-Only responses, empty requests).
     pub fn empty() -> Self {
-        RelayBody { inner: None, data: None, ending: None, guard: None }
-    }
-
-    /// Passes `incoming` through unchanged; its errors stay errors, so a
-    /// client that resets its stream resets the upstream stream too.
-    pub fn incoming(incoming: Incoming) -> Self {
-        RelayBody { inner: Some(incoming), data: None, ending: None, guard: None }
+        RelayBody { inner: None, data_done: false, data: None, ending: None, guard: None }
     }
 
     /// One data frame then `trailers`: an answer the bridge gives itself.
     pub fn complete(data: Bytes, trailers: HeaderMap) -> Self {
-        RelayBody { inner: None, data: Some(data), ending: Some(trailers), guard: None }
+        RelayBody { inner: None, data_done: false, data: Some(data), ending: Some(trailers), guard: None }
     }
 
     /// A response body from `hop` that ends with a gRPC status, never a bare
     /// reset, when its upstream breaks.
     /// `header_status` is the `grpc-status` of a Trailers-Only response.
-    pub fn response(incoming: Incoming, hop: Arc<str>, header_status: Option<String>) -> Self {
+    pub fn response(incoming: RecvStream, hop: Hop, header_status: Option<String>) -> Self {
         RelayBody {
             inner: Some(incoming),
+            data_done: false,
             data: None,
             ending: None,
             guard: Some(Box::new(StreamGuard {
@@ -111,7 +113,7 @@ impl RelayBody {
     }
 
     /// Stops reading upstream and ends the stream with `status`.
-    fn end_with(&mut self, status: BridgeStatus) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn end_with(&mut self, status: BridgeStatus) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         self.inner = None;
         if let Some(guard) = self.guard.as_mut() {
             guard.status = Some(status.code.as_str().to_owned());
@@ -122,7 +124,7 @@ impl RelayBody {
 
 impl Body for RelayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h2::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -153,7 +155,7 @@ impl Body for RelayBody {
                 }
             }
         }
-        match Pin::new(inner).poll_frame(cx) {
+        match poll_upstream(inner, &mut this.data_done, cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.inner = None;
@@ -171,7 +173,7 @@ impl Body for RelayBody {
             }
             Poll::Ready(Some(Err(error))) => match this.guard.as_ref() {
                 Some(guard) => {
-                    let message = format!("{}: stream broken: {}", guard.hop, describe_hyper_error(&error));
+                    let message = format!("{}: stream broken: {}", guard.hop.label, guard.hop.why_broken(&error));
                     this.end_with(BridgeStatus::new(Code::Unavailable, message))
                 }
                 None => {
@@ -194,10 +196,38 @@ impl Body for RelayBody {
 
     fn size_hint(&self) -> SizeHint {
         match (&self.inner, &self.ending) {
-            (Some(inner), None) => inner.size_hint(),
+            (Some(_), None) => SizeHint::default(),
             (None, None) => SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64)),
             _ => SizeHint::default(),
         }
+    }
+}
+
+/// The next frame of an upstream stream: its data chunks, then its trailers.
+fn poll_upstream(
+    stream: &mut RecvStream,
+    data_done: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    if !*data_done {
+        match stream.poll_data(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Ok(data))) => {
+                // The chunk leaves this stream now; its credit goes back to the
+                // sender (an error here means the stream is gone, which the
+                // next poll reports).
+                let _ = stream.flow_control().release_capacity(data.len());
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+            Poll::Ready(None) => *data_done = true,
+        }
+    }
+    match stream.poll_trailers(cx) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Ok(Some(trailers))) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+        Poll::Ready(Ok(None)) => Poll::Ready(None),
+        Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error))),
     }
 }
 
@@ -223,21 +253,34 @@ pub fn describe_hyper_error(error: &hyper::Error) -> String {
     while let Some(cause) = source {
         text.push_str(": ");
         match cause.downcast_ref::<std::io::Error>() {
-            // rustls words an abrupt close with a link to its manual.
-            Some(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                text.push_str("peer closed the connection abruptly");
+            Some(io) => {
+                text.push_str(&describe_io_cause(io));
                 break;
             }
-            Some(io) => match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-                Some(tls) => {
-                    text.push_str(&crate::tls::config::describe_tls_error(tls));
-                    break;
-                }
-                None => text.push_str(&crate::connect::describe_io_error(io)),
-            },
             None => text.push_str(&cause.to_string()),
         }
         source = cause.source();
     }
     text
+}
+
+/// An h2 error in an operator's words: the transport's cause when there is
+/// one ("peer closed the connection abruptly", a TLS alert), else h2's own
+/// sentence ("stream error received: refused stream ...").
+pub fn describe_h2_error(error: &h2::Error) -> String {
+    match error.get_io() {
+        Some(io) => describe_io_cause(io),
+        None => error.to_string(),
+    }
+}
+
+fn describe_io_cause(io: &std::io::Error) -> String {
+    // rustls words an abrupt close with a link to its manual.
+    if io.kind() == std::io::ErrorKind::UnexpectedEof {
+        return "peer closed the connection abruptly".into();
+    }
+    match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(tls) => crate::tls::config::describe_tls_error(tls),
+        None => crate::connect::describe_io_error(io),
+    }
 }

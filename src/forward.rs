@@ -118,7 +118,6 @@ impl Forwarder {
 
         let (mut parts, body) = request.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let outbound = Request::from_parts(parts, RelayBody::incoming(body));
 
         self.inner.metrics.call_started();
         let log = CallLog { role, method, caller, started, metrics: self.inner.metrics.clone() };
@@ -126,7 +125,7 @@ impl Forwarder {
         let stop = if streaming { self.inner.shutdown.draining() } else { self.inner.shutdown.stopping() };
         let send = async {
             match deadline {
-                Some(at) => match tokio::time::timeout_at(at, self.inner.link.send(outbound)).await {
+                Some(at) => match tokio::time::timeout_at(at, self.inner.link.send(parts, body)).await {
                     Ok(result) => result,
                     Err(_) => Err(BridgeStatus::new(
                         Code::DeadlineExceeded,
@@ -137,7 +136,7 @@ impl Forwarder {
                         ),
                     )),
                 },
-                None => self.inner.link.send(outbound).await,
+                None => self.inner.link.send(parts, body).await,
             }
         };
         let sent = tokio::select! {

@@ -4,21 +4,33 @@
 //! (the one that last worked first), retries with exponential backoff and
 //! jitter while calls wait, and pings the peer so a silently dead one is
 //! noticed within seconds. A call waits for the link at most `connect_wait`.
-//! A call is given to another connection only when hyper hands it back
-//! unsent; once it may have reached the peer it is never repeated.
+//! A call is given to another connection only when h2 refuses to open its
+//! stream (the connection is gone or going away); once it may have reached
+//! the peer it is never repeated.
+//!
+//! The client side speaks h2 directly rather than through hyper's client:
+//! the call's own task opens the stream and reads the answer, with no
+//! dispatch channel and no helper tasks per call (hyper spawns two), which
+//! cut the task polls per relayed call by about a third.
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
+use http::{request, Request, Response, Uri};
+use http_body::Body;
 use hyper::body::Incoming;
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::body::{describe_hyper_error, RelayBody};
+use crate::body::describe_h2_error;
 use crate::connect::Connector;
 use crate::status::{BridgeStatus, Code};
 
@@ -107,11 +119,38 @@ struct State {
 
 #[derive(Clone)]
 struct Conn {
-    sender: SendRequest<RelayBody>,
+    sender: SendRequest<Bytes>,
     target: usize,
     generation: u64,
     /// Set once a response came back on this connection.
-    answered: Arc<std::sync::atomic::AtomicBool>,
+    answered: Arc<AtomicBool>,
+    /// Why the connection ended, set when it does.
+    ended: Arc<OnceLock<String>>,
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.ended.get().is_some()
+    }
+}
+
+/// The hop a response came from, for the messages of its body.
+#[derive(Clone)]
+pub struct Hop {
+    /// e.g. `upstream relay.example:7443`.
+    pub label: Arc<str>,
+    ended: Arc<OnceLock<String>>,
+}
+
+impl Hop {
+    /// Why a stream from this hop broke: the connection's end when the link
+    /// ended it (a keepalive ping unanswered), else h2's cause.
+    pub fn why_broken(&self, error: &h2::Error) -> String {
+        match self.ended.get() {
+            Some(why) => why.clone(),
+            None => describe_h2_error(error),
+        }
+    }
 }
 
 /// What the link looks like from outside, for health and metrics.
@@ -142,7 +181,7 @@ impl Link {
     pub fn status(&self) -> LinkStatus {
         let state = self.inner.lock();
         let connected_to =
-            state.conn.as_ref().filter(|c| !c.sender.is_closed()).map(|c| self.inner.targets[c.target].label.clone());
+            state.conn.as_ref().filter(|c| !c.is_closed()).map(|c| self.inner.targets[c.target].label.clone());
         LinkStatus { connected_to, last_error: state.last_error.clone(), connects: state.connects }
     }
 
@@ -151,39 +190,65 @@ impl Link {
         self.inner.targets.iter().map(|t| t.label.clone()).collect()
     }
 
-    /// Sends `request` (its URI path is kept, scheme and authority are the
-    /// target's) and waits for the response headers. Fails with
-    /// `UNAVAILABLE` naming the hop when the link cannot be had in time or
-    /// breaks before the response.
-    pub async fn send(&self, mut request: Request<RelayBody>) -> Result<(Response<Incoming>, Arc<str>), BridgeStatus> {
+    /// Sends a request with `head` (its path is kept, scheme and authority
+    /// are the target's) and `body`, and waits for the response headers.
+    /// Fails with `UNAVAILABLE` naming the hop when the link cannot be had
+    /// in time or breaks before the response.
+    pub async fn send(
+        &self,
+        head: request::Parts,
+        body: Incoming,
+    ) -> Result<(Response<RecvStream>, Hop), BridgeStatus> {
         let wait_until = Instant::now() + self.inner.settings.connect_wait;
+        let end_of_stream = body.is_end_stream();
         loop {
-            let mut conn = self.ready(wait_until, self.inner.settings.connect_wait).await?;
+            let conn = self.ready(wait_until, self.inner.settings.connect_wait).await?;
             let target = &self.inner.targets[conn.target];
-            *request.uri_mut() = target_uri(target, request.uri());
-            match conn.sender.try_send_request(request).await {
+            let mut outbound = Request::new(());
+            *outbound.method_mut() = head.method.clone();
+            *outbound.uri_mut() = target_uri(target, &head.uri);
+            *outbound.headers_mut() = head.headers.clone();
+            let opened = match conn.sender.clone().ready().await {
+                Ok(mut sender) => sender.send_request(outbound, end_of_stream),
+                Err(error) => Err(error),
+            };
+            let (response, stream) = match opened {
+                Ok(opened) => opened,
+                // Anything but a misuse means the connection is gone or going
+                // away and the stream was never opened: safe to try again on
+                // a fresh connection.
+                Err(error) if error.is_io() || error.reason().is_some() => {
+                    tracing::debug!(peer = %target.label, error = %describe_h2_error(&error), "connection closed before the call was sent; retrying it on a new connection");
+                    self.forget(conn.generation);
+                    continue;
+                }
+                Err(error) => {
+                    return Err(BridgeStatus::new(
+                        Code::Internal,
+                        format!("{}: the call could not be sent on: {error}", target.label),
+                    ))
+                }
+            };
+            if !end_of_stream {
+                RequestPipe { body, stream }.start().await;
+            }
+            let hop = Hop { label: self.inner.hops[conn.target].clone(), ended: conn.ended.clone() };
+            return match response.await {
                 Ok(response) => {
-                    if !conn.answered.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    if !conn.answered.swap(true, Ordering::Relaxed) {
                         self.inner.lock().strikes = 0;
                     }
-                    return Ok((response, self.inner.hops[conn.target].clone()));
+                    Ok((response, hop))
                 }
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => {
-                        // hyper proves it never left: safe to try again on a fresh connection.
-                        tracing::debug!(peer = %target.label, "connection closed before the call was sent; retrying it on a new connection");
-                        self.forget(conn.generation);
-                        request = unsent;
-                    }
-                    None => {
-                        let cause = describe_hyper_error(error.error());
-                        return Err(BridgeStatus::new(
-                            Code::Unavailable,
-                            format!("{}: call failed after it was sent (not retried): {cause}", target.label),
-                        ));
-                    }
-                },
-            }
+                Err(error) => Err(BridgeStatus::new(
+                    Code::Unavailable,
+                    format!(
+                        "{}: call failed after it was sent (not retried): {}",
+                        target.label,
+                        hop.why_broken(&error)
+                    ),
+                )),
+            };
         }
     }
 
@@ -191,7 +256,7 @@ impl Link {
     /// `wait_until` (`wait` after the caller began, for the message).
     async fn ready(&self, wait_until: Instant, wait: Duration) -> Result<Conn, BridgeStatus> {
         // The common case, a live connection: one lock, nothing else.
-        if let Some(conn) = self.inner.lock().conn.as_ref().filter(|c| !c.sender.is_closed()) {
+        if let Some(conn) = self.inner.lock().conn.as_ref().filter(|c| !c.is_closed()) {
             return Ok(conn.clone());
         }
         let _waiter = Waiter::new(&self.inner);
@@ -202,7 +267,7 @@ impl Link {
             {
                 let mut state = self.inner.lock();
                 if let Some(conn) = &state.conn {
-                    if !conn.sender.is_closed() {
+                    if !conn.is_closed() {
                         return Ok(conn.clone());
                     }
                     state.conn = None;
@@ -341,22 +406,24 @@ async fn connect_one(inner: &Arc<Inner>, index: usize) -> Result<(), String> {
     let target = &inner.targets[index];
     let settings = &inner.settings;
     let io = target.connector.connect(settings.connect_timeout).await.map_err(|e| e.to_string())?;
-    let mut builder = http2::Builder::new(TokioExecutor::new());
+    let mut builder = h2::client::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(settings.stream_window)
+        .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
         .max_frame_size(64 * 1024)
-        .keep_alive_interval(settings.keepalive_interval)
-        .keep_alive_timeout(settings.keepalive_timeout)
-        .keep_alive_while_idle(true);
-    let handshake = builder.handshake::<_, RelayBody>(TokioIo::new(io));
-    let (sender, connection) = tokio::time::timeout(settings.connect_timeout, handshake)
+        // hyper's client limits, kept: a 16 KiB header block from the peer and
+        // 1 MiB of queued request data per stream.
+        .max_header_list_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .enable_push(false);
+    let (sender, mut connection) = tokio::time::timeout(settings.connect_timeout, builder.handshake::<_, Bytes>(io))
         .await
         .map_err(|_| "HTTP/2 handshake timed out".to_string())?
-        .map_err(|e| format!("HTTP/2 handshake failed: {}", describe_hyper_error(&e)))?;
+        .map_err(|e| format!("HTTP/2 handshake failed: {}", describe_h2_error(&e)))?;
+    let ping_pong = connection.ping_pong();
 
-    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = Arc::new(AtomicBool::new(false));
+    let ended = Arc::new(OnceLock::new());
     let generation = {
         let mut state = inner.lock();
         state.generation += 1;
@@ -364,35 +431,52 @@ async fn connect_one(inner: &Arc<Inner>, index: usize) -> Result<(), String> {
         state.preferred = index;
         state.connecting = false;
         state.last_error = None;
-        state.conn = Some(Conn { sender, target: index, generation: state.generation, answered: answered.clone() });
+        state.conn = Some(Conn {
+            sender,
+            target: index,
+            generation: state.generation,
+            answered: answered.clone(),
+            ended: ended.clone(),
+        });
         state.generation
     };
     tracing::info!(role = inner.role, peer = %target.label, "connected");
     inner.changed.notify_waiters();
 
     let inner = inner.clone();
+    let keepalive = keepalive(ping_pong, settings.keepalive_interval, settings.keepalive_timeout);
     tokio::spawn(async move {
-        let outcome = connection.await;
+        let outcome = tokio::select! {
+            outcome = &mut connection => outcome.map_err(|e| describe_h2_error(&e)),
+            why = keepalive => Err(why),
+        };
         let label = &inner.targets[index].label;
-        match outcome {
-            Ok(()) => tracing::info!(role = inner.role, peer = %label, "connection closed"),
-            Err(e) => {
-                let cause = describe_hyper_error(&e);
+        let why = match outcome {
+            Ok(()) => {
+                tracing::info!(role = inner.role, peer = %label, "connection closed");
+                "connection closed by the peer".to_string()
+            }
+            Err(cause) => {
                 tracing::warn!(role = inner.role, peer = %label, error = %cause, "connection lost");
-                let silent = !answered.load(std::sync::atomic::Ordering::Relaxed) && !cause.contains("alert");
+                let silent = !answered.load(Ordering::Relaxed) && !cause.contains("alert");
                 let hint = if silent {
                     " (it hung up before answering anything: a peer that refuses our client certificate after the TLS 1.3 handshake does this; see its log)"
                 } else {
                     ""
                 };
                 inner.lock().last_error = Some(format!("{label}: connection lost: {cause}{hint}"));
+                format!("connection lost: {cause}")
             }
-        }
+        };
+        // Recorded before the connection is dropped, so the streams it fails
+        // name this cause.
+        let _ = ended.set(why);
+        drop(connection);
         let mut state = inner.lock();
         if state.conn.as_ref().map(|c| c.generation) == Some(generation) {
             state.conn = None;
         }
-        if answered.load(std::sync::atomic::Ordering::Relaxed) {
+        if answered.load(Ordering::Relaxed) {
             state.strikes = 0;
             state.not_before = None;
         } else {
@@ -403,6 +487,99 @@ async fn connect_one(inner: &Arc<Inner>, index: usize) -> Result<(), String> {
         }
     });
     Ok(())
+}
+
+/// Pings the peer every `interval`; returns, ending the connection, when a
+/// ping goes unanswered for `timeout`. Without an interval it never returns.
+async fn keepalive(ping_pong: Option<PingPong>, interval: Option<Duration>, timeout: Duration) -> String {
+    let (Some(mut ping_pong), Some(interval)) = (ping_pong, interval) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, ping_pong.ping(Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            // The connection failed; it reports that itself.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return format!("keepalive ping unanswered for {} ms", timeout.as_millis()),
+        }
+    }
+}
+
+/// Carries a request body from the caller's stream to the upstream stream,
+/// frame by frame, taking no more than the upstream's flow control grants.
+struct RequestPipe {
+    body: Incoming,
+    stream: SendStream<Bytes>,
+}
+
+impl RequestPipe {
+    /// Runs the pipe as far as it goes now (a unary request's one message
+    /// is usually there already) and hands the rest to a task of its own.
+    async fn start(mut self) {
+        let done = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut self).poll(cx).is_ready())).await;
+        if !done {
+            tokio::spawn(self);
+        }
+    }
+}
+
+impl Future for RequestPipe {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        loop {
+            // Room for at least one byte before reading on, so a slow peer
+            // holds the caller back instead of the bridge buffering for it.
+            this.stream.reserve_capacity(1);
+            if this.stream.capacity() == 0 {
+                loop {
+                    match this.stream.poll_capacity(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Some(Ok(0))) => {}
+                        Poll::Ready(Some(Ok(_))) => break,
+                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                    }
+                }
+            } else if this.stream.poll_reset(cx).is_ready() {
+                // The peer reset the stream: nothing more to carry.
+                return Poll::Ready(());
+            }
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    let sent = match frame.into_data() {
+                        Ok(data) => {
+                            let end = this.body.is_end_stream();
+                            this.stream.send_data(data, end).map(|()| end)
+                        }
+                        Err(frame) => match frame.into_trailers() {
+                            Ok(trailers) => {
+                                this.stream.reserve_capacity(0);
+                                this.stream.send_trailers(trailers).map(|()| true)
+                            }
+                            Err(_) => Ok(false),
+                        },
+                    };
+                    match sent {
+                        Ok(false) => {}
+                        Ok(true) | Err(_) => return Poll::Ready(()),
+                    }
+                }
+                Poll::Ready(None) => {
+                    let _ = this.stream.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+                // The caller reset its stream or its connection broke: the
+                // upstream stream is cancelled too.
+                Poll::Ready(Some(Err(_))) => {
+                    this.stream.send_reset(Reason::CANCEL);
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
 }
 
 fn target_uri(target: &Target, original: &Uri) -> Uri {
