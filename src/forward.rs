@@ -27,6 +27,22 @@ use crate::policy::{Caller, Policy, SERVICE, SERVICE_PREFIX};
 use crate::shutdown::Shutdown;
 use crate::status::{BridgeStatus, Code};
 
+/// The contract's methods: each takes one request message.
+const CONTRACT_METHODS: &[&str] = &[
+    "GetCapabilities",
+    "GetGatewayListenerRequirements",
+    "ValidateSandboxCreate",
+    "GetSandbox",
+    "ListSandboxes",
+    "CreateSandbox",
+    "StopSandbox",
+    "StartSandbox",
+    "DeleteSandbox",
+    "WatchSandboxes",
+    "EnsureWorkspace",
+    "DeleteWorkspace",
+];
+
 /// Methods whose response is a long-lived stream.
 const STREAMING_METHODS: &[&str] = &["WatchSandboxes"];
 
@@ -110,6 +126,9 @@ impl Forwarder {
             return BridgeStatus::new(Code::PermissionDenied, format!("{role}: {}", denied.0)).into_response();
         }
         let streaming = STREAMING_METHODS.contains(&method.as_str());
+        // Every method of the contract takes one request message, sent right
+        // after the headers; a method added later might not.
+        let in_contract = CONTRACT_METHODS.contains(&method.as_str());
         let budget = match grpc_timeout(request.headers()) {
             Ok(budget) => budget.or(if streaming { None } else { self.inner.default_timeout }),
             Err(status) => return status.into_response(),
@@ -125,7 +144,7 @@ impl Forwarder {
         let stop = if streaming { self.inner.shutdown.draining() } else { self.inner.shutdown.stopping() };
         let send = async {
             match deadline {
-                Some(at) => match tokio::time::timeout_at(at, self.inner.link.send(parts, body)).await {
+                Some(at) => match tokio::time::timeout_at(at, self.inner.link.send(parts, body, in_contract)).await {
                     Ok(result) => result,
                     Err(_) => Err(BridgeStatus::new(
                         Code::DeadlineExceeded,
@@ -136,7 +155,7 @@ impl Forwarder {
                         ),
                     )),
                 },
-                None => self.inner.link.send(parts, body).await,
+                None => self.inner.link.send(parts, body, in_contract).await,
             }
         };
         let sent = tokio::select! {
@@ -338,6 +357,18 @@ mod tests {
             let refused = route(path).unwrap_err();
             assert_eq!(refused.code, Code::Unimplemented, "{path}");
         }
+    }
+
+    #[test]
+    fn the_contract_method_list_matches_the_proto() {
+        let proto = include_str!("../proto/compute_driver.proto");
+        let rpcs: Vec<&str> = proto
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("rpc "))
+            .filter_map(|rest| rest.split('(').next())
+            .map(str::trim)
+            .collect();
+        assert_eq!(rpcs, CONTRACT_METHODS);
     }
 
     #[test]

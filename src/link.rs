@@ -25,7 +25,7 @@ use h2::client::SendRequest;
 use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use http::uri::{Authority, Scheme};
 use http::{request, Request, Response, Uri};
-use http_body::Body;
+use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -194,13 +194,27 @@ impl Link {
     /// are the target's) and `body`, and waits for the response headers.
     /// Fails with `UNAVAILABLE` naming the hop when the link cannot be had
     /// in time or breaks before the response.
+    ///
+    /// With `whole_message` (a method whose caller sends its one message
+    /// right after the headers: every method of the contract), the headers
+    /// wait for the body's first frame, so both leave in one write and the
+    /// next hop gets the request whole rather than in two wake-ups.
     pub async fn send(
         &self,
         head: request::Parts,
-        body: Incoming,
+        mut body: Incoming,
+        whole_message: bool,
     ) -> Result<(Response<RecvStream>, Hop), BridgeStatus> {
+        let mut first = None;
+        if whole_message && !body.is_end_stream() {
+            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                Some(Ok(frame)) => first = Some(frame),
+                Some(Err(_)) => return Err(BridgeStatus::new(Code::Cancelled, "the caller cancelled the call")),
+                None => {}
+            }
+        }
+        let end_of_stream = first.is_none() && body.is_end_stream();
         let wait_until = Instant::now() + self.inner.settings.connect_wait;
-        let end_of_stream = body.is_end_stream();
         loop {
             let conn = self.ready(wait_until, self.inner.settings.connect_wait).await?;
             let target = &self.inner.targets[conn.target];
@@ -230,7 +244,7 @@ impl Link {
                 }
             };
             if !end_of_stream {
-                RequestPipe { body, stream }.start().await;
+                RequestPipe::start(first, body, stream).await;
             }
             let hop = Hop { label: self.inner.hops[conn.target].clone(), ended: conn.ended.clone() };
             return match response.await {
@@ -507,19 +521,28 @@ async fn keepalive(ping_pong: Option<PingPong>, interval: Option<Duration>, time
 }
 
 /// Carries a request body from the caller's stream to the upstream stream,
-/// frame by frame, taking no more than the upstream's flow control grants.
+/// frame by frame, holding at most one frame beyond what the upstream's flow
+/// control lets through: after each frame it waits until h2 has room again
+/// before reading the next, so a slow peer holds the caller back instead of
+/// the bridge buffering for it.
 struct RequestPipe {
+    /// A frame already read from `body`, to send before reading on.
+    first: Option<Frame<Bytes>>,
     body: Incoming,
     stream: SendStream<Bytes>,
+    /// A frame was handed to h2; wait for room before reading the next.
+    gated: bool,
 }
 
 impl RequestPipe {
     /// Runs the pipe as far as it goes now (a unary request's one message
-    /// is usually there already) and hands the rest to a task of its own.
-    async fn start(mut self) {
-        let done = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut self).poll(cx).is_ready())).await;
+    /// is usually there already, and then it travels in the same write as
+    /// the request's headers) and hands the rest to a task of its own.
+    async fn start(first: Option<Frame<Bytes>>, body: Incoming, stream: SendStream<Bytes>) {
+        let mut pipe = RequestPipe { first, body, stream, gated: false };
+        let done = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut pipe).poll(cx).is_ready())).await;
         if !done {
-            tokio::spawn(self);
+            tokio::spawn(pipe);
         }
     }
 }
@@ -530,40 +553,42 @@ impl Future for RequestPipe {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
         loop {
-            // Room for at least one byte before reading on, so a slow peer
-            // holds the caller back instead of the bridge buffering for it.
-            this.stream.reserve_capacity(1);
-            if this.stream.capacity() == 0 {
-                loop {
+            if this.gated {
+                this.stream.reserve_capacity(1);
+                while this.stream.capacity() == 0 {
                     match this.stream.poll_capacity(cx) {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Some(Ok(0))) => {}
-                        Poll::Ready(Some(Ok(_))) => break,
+                        Poll::Ready(Some(Ok(_))) => {}
                         Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
                     }
                 }
-            } else if this.stream.poll_reset(cx).is_ready() {
-                // The peer reset the stream: nothing more to carry.
-                return Poll::Ready(());
+                this.gated = false;
             }
-            match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+            let next = match this.first.take() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => Pin::new(&mut this.body).poll_frame(cx),
+            };
+            match next {
+                Poll::Pending => {
+                    // The peer reset the stream: nothing more to carry.
+                    if this.stream.poll_reset(cx).is_ready() {
+                        return Poll::Ready(());
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Some(Ok(frame))) => {
-                    let sent = match frame.into_data() {
+                    let ended = match frame.into_data() {
                         Ok(data) => {
                             let end = this.body.is_end_stream();
                             this.stream.send_data(data, end).map(|()| end)
                         }
                         Err(frame) => match frame.into_trailers() {
-                            Ok(trailers) => {
-                                this.stream.reserve_capacity(0);
-                                this.stream.send_trailers(trailers).map(|()| true)
-                            }
+                            Ok(trailers) => this.stream.send_trailers(trailers).map(|()| true),
                             Err(_) => Ok(false),
                         },
                     };
-                    match sent {
-                        Ok(false) => {}
+                    match ended {
+                        Ok(false) => this.gated = true,
                         Ok(true) | Err(_) => return Poll::Ready(()),
                     }
                 }
