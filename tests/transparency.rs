@@ -196,6 +196,17 @@ async fn metadata_reaches_the_driver_and_statuses_reach_the_gateway_unchanged() 
     assert_eq!(seen.headers["te"], "trailers");
     assert_eq!(seen.headers["content-type"], "application/grpc");
     assert_eq!(response.headers["x-driver-meta"], "from-driver");
+    // The response headers are exactly the driver's: nothing added on the
+    // way back (hyper's server would add a `date`), nothing lost.
+    let direct = raw_call(&chain.driver_socket, &format!("{SERVICE}/GetSandbox"), &[], grpc_frame(b"")).await;
+    let sorted = |headers: &http::HeaderMap| {
+        let mut pairs: Vec<(String, Vec<u8>)> =
+            headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
+        pairs.sort();
+        pairs
+    };
+    assert_eq!(sorted(&response.headers), sorted(&direct.headers));
+    assert!(response.headers.get("date").is_none());
     assert_eq!(response.trailers["grpc-status"], "5");
     assert_eq!(response.trailers["grpc-message"], "sandbox x not found: %C3%A9");
     assert_eq!(response.trailers["grpc-status-details-bin"], details_b64);

@@ -91,6 +91,9 @@ pub async fn serve_connection<I: Io>(
         .initial_stream_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
         .max_frame_size(64 * 1024)
+        // The response headers are the driver's: hyper would add a `date`
+        // to every answer of a driver that sends none.
+        .auto_date_header(false)
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout);
     let connection = builder.serve_connection(TokioIo::new(io), service);

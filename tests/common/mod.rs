@@ -248,6 +248,8 @@ impl RawDriver {
                     });
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .max_frame_size(1 << 20)
+                        // A driver that sends exactly the headers it is told to.
+                        .auto_date_header(false)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
