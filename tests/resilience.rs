@@ -224,6 +224,8 @@ async fn a_blackholed_link_is_detected_by_keepalive_during_a_watch_and_a_call() 
     let (response, took) = tokio::time::timeout(Duration::from_secs(10), held).await.unwrap().unwrap();
     assert_eq!(response.grpc_status().as_deref(), Some("14"), "{response:?}");
     assert!(response.grpc_message().contains("upstream"), "{}", response.grpc_message());
+    // The message says why: the link's keepalive gave up on the silent peer.
+    assert!(response.grpc_message().contains("keepalive ping unanswered"), "{}", response.grpc_message());
     assert!(took < Duration::from_secs(5), "detected after {took:?}");
     rig.proxy.set(Mode::Pass);
 }
@@ -240,6 +242,7 @@ async fn a_blackholed_link_under_a_watch_ends_it_promptly() {
     let started = Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(10), watch_end(&mut watch)).await.unwrap();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("keepalive ping unanswered"), "{}", status.message());
     assert!(started.elapsed() < Duration::from_secs(5), "detected after {:?}", started.elapsed());
 
     // Once the path is back, a new watch works.
