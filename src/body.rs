@@ -32,12 +32,8 @@ pub trait CallObserver: Send + Sync + 'static {
 
 /// A response body in flight through the bridge.
 pub struct RelayBody {
-    /// The upstream stream, read straight from h2: each chunk's flow-control
-    /// credit is returned as the chunk is handed on, so the memory a call
-    /// holds stays bounded by the windows.
-    inner: Option<RecvStream>,
-    /// The upstream's data frames are done; its trailers come next.
-    data_done: bool,
+    /// The upstream stream, read straight from h2.
+    inner: Option<Upstream>,
     /// A message the bridge answers with itself (health checks).
     data: Option<Bytes>,
     /// Trailers the bridge decided to end the stream with.
@@ -58,23 +54,22 @@ struct StreamGuard {
 }
 
 impl RelayBody {
-    /// A body with no frames (Trailers-Only responses, empty requests).
+    /// A body with no frames (Trailers-Only answers of the bridge's own).
     pub fn empty() -> Self {
-        RelayBody { inner: None, data_done: false, data: None, ending: None, guard: None }
+        RelayBody { inner: None, data: None, ending: None, guard: None }
     }
 
     /// One data frame then `trailers`: an answer the bridge gives itself.
     pub fn complete(data: Bytes, trailers: HeaderMap) -> Self {
-        RelayBody { inner: None, data_done: false, data: Some(data), ending: Some(trailers), guard: None }
+        RelayBody { inner: None, data: Some(data), ending: Some(trailers), guard: None }
     }
 
     /// A response body from `hop` that ends with a gRPC status, never a bare
     /// reset, when its upstream breaks.
     /// `header_status` is the `grpc-status` of a Trailers-Only response.
-    pub fn response(incoming: RecvStream, hop: Hop, header_status: Option<String>) -> Self {
+    pub fn response(upstream: RecvStream, hop: Hop, header_status: Option<String>) -> Self {
         RelayBody {
-            inner: Some(incoming),
-            data_done: false,
+            inner: Some(Upstream { stream: upstream, data_done: false }),
             data: None,
             ending: None,
             guard: Some(Box::new(StreamGuard {
@@ -155,7 +150,7 @@ impl Body for RelayBody {
                 }
             }
         }
-        match poll_upstream(inner, &mut this.data_done, cx) {
+        match inner.poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => {
                 this.inner = None;
@@ -189,45 +184,50 @@ impl Body for RelayBody {
             (None, None) => self.data.is_none(),
             // An upstream that already ended (a Trailers-Only response) must stay
             // Trailers-Only here: gRPC clients other than tonic insist on it.
-            (Some(inner), None) => inner.is_end_stream(),
+            (Some(inner), None) => inner.stream.is_end_stream(),
             _ => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match (&self.inner, &self.ending) {
-            (Some(_), None) => SizeHint::default(),
             (None, None) => SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64)),
             _ => SizeHint::default(),
         }
     }
 }
 
-/// The next frame of an upstream stream: its data chunks, then its trailers.
-fn poll_upstream(
-    stream: &mut RecvStream,
-    data_done: &mut bool,
-    cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-    if !*data_done {
-        match stream.poll_data(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Ok(data))) => {
-                // The chunk leaves this stream now; its credit goes back to the
-                // sender (an error here means the stream is gone, which the
-                // next poll reports).
-                let _ = stream.flow_control().release_capacity(data.len());
-                return Poll::Ready(Some(Ok(Frame::data(data))));
+/// An upstream h2 stream read as frames: its data chunks, then its
+/// trailers. Each chunk's flow-control credit goes back to the sender as the
+/// chunk is handed on, so the memory a call holds stays bounded by the
+/// windows.
+struct Upstream {
+    stream: RecvStream,
+    /// The data frames are done; the trailers come next.
+    data_done: bool,
+}
+
+impl Upstream {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match self.stream.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => {
+                    // An error here means the stream is gone, which the next
+                    // poll reports.
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
+                Poll::Ready(None) => self.data_done = true,
             }
-            Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
-            Poll::Ready(None) => *data_done = true,
         }
-    }
-    match stream.poll_trailers(cx) {
-        Poll::Pending => Poll::Pending,
-        Poll::Ready(Ok(Some(trailers))) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-        Poll::Ready(Ok(None)) => Poll::Ready(None),
-        Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error))),
+        match self.stream.poll_trailers(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(trailers))) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error))),
+        }
     }
 }
 
