@@ -9,11 +9,15 @@
 //! 3. `bridge`: tonic client -> shim socket -> relay (mTLS on loopback) ->
 //!    driver socket; shim and relay are child processes of the real binary.
 //! 4. `nginx`: the same two-hop shape built from nginx (child process).
+//! 5. `copy-chain`: the same shape again with two byte-copying forwarders
+//!    (child processes) in place of shim and relay and TLS end to end: what
+//!    the extra processes alone cost (see floor.rs).
 //!
 //! The client, the driver and the emulated wide-area links live in this
 //! process; the proxies in their own. Results: a table on stdout and
 //! `target/bench/results.json`. See BENCHMARKS.md.
 
+mod floor;
 mod nginx;
 mod procfs;
 mod report;
@@ -32,7 +36,7 @@ use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
 use openshell_driver_bridge::shutdown::Shutdown;
 use openshell_driver_bridge::tls::config::{client_config, server_config};
 
-use report::{Better, Cell, Goal, Row, BRIDGE, BRIDGE_B, NGINX, PATHS};
+use report::{Better, Cell, Goal, Row, BRIDGE, BRIDGE_B, COPY, NGINX, PATHS};
 use setup::Dial;
 use wan::WanLink;
 
@@ -164,7 +168,7 @@ fn usage() -> &'static str {
     "usage: cargo bench --bench bridge [-- [--quick] [--only GROUPS]]\n\
      \n  --quick        short rounds (under 2 minutes); also BENCH_QUICK=1\n\
      \n  --only GROUPS  comma-separated subset of: memory, unary, throughput, cpu, watch, list, wan\
-     \n  --paths PATHS  comma-separated subset of: direct-uds, direct-mtls, bridge, nginx, bridge-B\
+     \n  --paths PATHS  comma-separated subset of: direct-uds, direct-mtls, bridge, nginx, copy-chain, bridge-B\
      \n  --hold S[:C]   no table: load the first selected path with GetSandbox for S seconds at\
      \n                 concurrency C (default 1), printing the proxies' pids, for perf or strace\
      \n\nenvironment:\
@@ -174,6 +178,9 @@ fn usage() -> &'static str {
 }
 
 fn main() -> ExitCode {
+    if let Ok(spec) = std::env::var(floor::FORWARD_ENV) {
+        return floor::forwarder_main(&spec);
+    }
     started();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
@@ -431,6 +438,18 @@ async fn run(
         Err(e) => log(format!("nginx: skipped: {e}")),
     }
 
+    // copy-chain: forwarders in front of the driver served over mTLS on a
+    // Unix socket.
+    let driver_tls_socket = dir.path().join("driver-tls/driver.sock");
+    let copy_chain = match driver_rt
+        .spawn(setup::serve_mtls_uds(driver.clone(), server_config(&pki.server_files())?, driver_tls_socket.clone()))
+        .await?
+    {
+        Ok(()) => floor::start(dir.path(), &driver_tls_socket).await,
+        Err(e) => Err(format!("the driver's mTLS socket: {e}")),
+    };
+    let mut copy_chain = copy_chain.inspect_err(|e| log(format!("copy-chain: not available: {e}")));
+
     let mut local = vec![
         Avail::Ready(Dial::Uds(driver_socket.clone())),
         Avail::Ready(Dial::Tls { addr: mtls_addr, config: client_tls.clone() }),
@@ -441,6 +460,10 @@ async fn run(
         match &nginx {
             Ok(n) => Avail::Ready(Dial::Uds(n.socket.clone())),
             Err(e) => Avail::Skipped(format!("nginx: {e}")),
+        },
+        match &copy_chain {
+            Ok(c) => Avail::Ready(Dial::TlsUds { path: c.socket.clone(), config: client_tls.clone() }),
+            Err(e) => Avail::Skipped(format!("copy-chain: {e}")),
         },
     ];
     if let Some(b) = &bridge_b {
@@ -460,6 +483,7 @@ async fn run(
             Ok(n) => Avail::Ready(Dial::Uds(n.socket_wan.clone())),
             Err(e) => Avail::Skipped(format!("nginx: {e}")),
         },
+        Avail::Na("copy-chain is measured on loopback only".into()),
     ];
     if let Some(b) = &bridge_b {
         wan_paths.push(match b {
@@ -510,18 +534,19 @@ async fn run(
     let mut rows: Vec<Row> = Vec::new();
     let bridge_ok = bridge.as_ref().ok().filter(|_| matches!(local[BRIDGE], Avail::Ready(_)));
     let nginx_ok = nginx.as_ref().ok().filter(|_| matches!(local[NGINX], Avail::Ready(_)));
+    let copy_ok = copy_chain.as_ref().ok().filter(|_| matches!(local[COPY], Avail::Ready(_)));
     let bridge_b_ok = bridge_b
         .as_ref()
         .and_then(|b| b.as_ref().ok())
         .filter(|_| matches!(local.get(BRIDGE_B), Some(Avail::Ready(_))));
 
     if wants("memory") {
-        rows.extend(memory(&s, &local, &proxy_roles(bridge_ok, nginx_ok, bridge_b_ok), &driver).await);
+        rows.extend(memory(&s, &local, &proxy_roles(bridge_ok, nginx_ok, copy_ok, bridge_b_ok), &driver).await);
     }
 
     if wants("unary") {
         let (window, max) = (s.unary_window, s.unary_max_calls);
-        let procs = proxy_pids(bridge_ok, nginx_ok, bridge_b_ok);
+        let procs = proxy_pids(bridge_ok, nginx_ok, copy_ok, bridge_b_ok);
         let cells = run_rounds("unary c=1", s.rounds, &local, 5, move |path, dial| {
             workloads::unary_latency(dial, window, max, procs[path].clone()).boxed()
         })
@@ -572,7 +597,7 @@ async fn run(
     }
 
     if wants("cpu") {
-        let roles = proxy_roles(bridge_ok, nginx_ok, bridge_b_ok);
+        let roles = proxy_roles(bridge_ok, nginx_ok, copy_ok, bridge_b_ok);
         let (concurrency, batch, limit) = (s.concurrency, s.cpu_batch, s.cpu_time_limit);
         let cells = run_rounds("cpu batch", s.cpu_rounds, &local, 5, move |path, dial| {
             let roles = roles[path].clone();
@@ -737,8 +762,17 @@ async fn run(
     let mut notes: Vec<String> = Vec::new();
     for row in rows.iter_mut() {
         while row.cells.len() < local.len() {
-            row.cells.push(Cell::Na("not measured for bridge-B".into()));
+            row.cells.push(Cell::Na(not_measured(row.cells.len()).into()));
         }
+    }
+    if let Ok(c) = copy_chain.as_mut() {
+        if let Err(e) = c.check_alive() {
+            notes.push(format!("WARNING: {e}"));
+        }
+        notes.push(
+            "copy-chain: the client's TLS over a Unix socket -> forwarder -> loopback TCP -> forwarder -> the driver's own mTLS server on a Unix socket; the forwarders are this bench re-run as child processes (tokio single-thread runtime, 64 KiB copies, no TLS or HTTP/2 of their own): the cost of the bridge's shape with no work in it"
+                .into(),
+        );
     }
     if let Some(Ok(b)) = bridge_b.as_mut() {
         for proc in [&mut b.relay, &mut b.shim, &mut b.shim_wan] {
@@ -825,8 +859,18 @@ async fn run(
     shutdown.stop_now();
     drop(bridge);
     drop(bridge_b);
+    drop(copy_chain);
     drop(nginx);
     Ok(())
+}
+
+/// Why a row has no value for a path it was not measured on.
+fn not_measured(path: usize) -> &'static str {
+    match path {
+        COPY => "not measured for copy-chain",
+        BRIDGE_B => "not measured for bridge-B",
+        _ => "no proxy process on this path",
+    }
 }
 
 /// The proxy processes of each path by role: [client side (shim, nginx
@@ -834,6 +878,7 @@ async fn run(
 fn proxy_roles(
     bridge: Option<&setup::Bridge>,
     nginx: Option<&nginx::Nginx>,
+    copy_chain: Option<&floor::CopyChain>,
     bridge_b: Option<&setup::Bridge>,
 ) -> Vec<Option<[Vec<u32>; 2]>> {
     let bridge_roles = |b: &setup::Bridge| [vec![b.shim.pid()], vec![b.relay.pid()]];
@@ -842,6 +887,7 @@ fn proxy_roles(
         None,
         bridge.map(bridge_roles),
         nginx.map(|n| [n.front_pids(), n.back_pids()]),
+        copy_chain.map(floor::CopyChain::roles),
         bridge_b.map(bridge_roles),
     ]
 }
@@ -850,9 +896,10 @@ fn proxy_roles(
 fn proxy_pids(
     bridge: Option<&setup::Bridge>,
     nginx: Option<&nginx::Nginx>,
+    copy_chain: Option<&floor::CopyChain>,
     bridge_b: Option<&setup::Bridge>,
 ) -> Vec<Vec<u32>> {
-    proxy_roles(bridge, nginx, bridge_b)
+    proxy_roles(bridge, nginx, copy_chain, bridge_b)
         .into_iter()
         .map(|roles| roles.map(|r| r.concat()).unwrap_or_default())
         .collect()
@@ -931,9 +978,7 @@ async fn memory(s: &Settings, local: &[Avail], roles: &[Option<[Vec<u32>; 2]>], 
             .map(|path| match (&local[path], &errors[path]) {
                 (Avail::Skipped(r), _) => Cell::Skipped(r.clone()),
                 (Avail::Na(r), _) => Cell::Na(r.clone()),
-                _ if !proxies.contains(&path) => Cell::Na(
-                    if path == BRIDGE_B { "not measured for bridge-B" } else { "no proxy process on this path" }.into(),
-                ),
+                _ if !proxies.contains(&path) => Cell::Na(not_measured(path).into()),
                 (_, Some(e)) => Cell::Failed(e.clone()),
                 _ if samples[path][k].is_empty() => Cell::Failed("not measured".into()),
                 _ => Cell::Values(samples[path][k].clone()),

@@ -2,13 +2,16 @@
 
 use std::fmt::Write as _;
 
-/// The paths; the fifth, `bridge-B`, is a second bridge (another build or
+/// The paths; `copy-chain` is the bridge's shape with byte-copying
+/// forwarders in place of shim and relay (the floor for two extra
+/// processes); the last, `bridge-B`, is a second bridge (another build or
 /// another environment) measured only when asked for, for A/B comparisons.
-pub const PATHS: [&str; 5] = ["direct-uds", "direct-mtls", "bridge", "nginx", "bridge-B"];
+pub const PATHS: [&str; 6] = ["direct-uds", "direct-mtls", "bridge", "nginx", "copy-chain", "bridge-B"];
 pub const MTLS: usize = 1;
 pub const BRIDGE: usize = 2;
 pub const NGINX: usize = 3;
-pub const BRIDGE_B: usize = 4;
+pub const COPY: usize = 4;
+pub const BRIDGE_B: usize = 5;
 
 /// One path's result for one workload.
 #[derive(Clone, Debug)]
@@ -252,7 +255,7 @@ pub fn table(rows: &[Row]) -> String {
     let header: Vec<String> = ["workload (median (min-max) over rounds)"]
         .into_iter()
         .chain(PATHS.into_iter().take(paths))
-        .chain(["bridge/direct-mtls", "bridge/nginx"])
+        .chain(["bridge/direct-mtls", "bridge/nginx", "copy-chain/direct-mtls", "bridge/copy-chain"])
         .chain(with_b.then_some("bridge-B/bridge"))
         .map(str::to_owned)
         .collect();
@@ -273,8 +276,11 @@ pub fn table(rows: &[Row]) -> String {
             None => line.push(ratio_text(row, MTLS, row.vs_mtls)),
         }
         line.push(ratio_text(row, NGINX, row.vs_nginx));
+        let info = |path, base| row.ratio_of(path, base).map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
+        line.push(info(COPY, MTLS));
+        line.push(info(BRIDGE, COPY));
         if with_b {
-            line.push(row.ratio_of(BRIDGE_B, BRIDGE).map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()));
+            line.push(info(BRIDGE_B, BRIDGE));
         }
         lines.push(line);
     }
@@ -399,9 +405,11 @@ pub fn json_rows(rows: &[Row]) -> String {
             .map(|(p, c)| format!("        {}: {}", json_string(p), json_cell(c)))
             .collect();
         let ratios = format!(
-            "{{\"bridge/direct-mtls\": {}, \"bridge/nginx\": {}{}}}",
+            "{{\"bridge/direct-mtls\": {}, \"bridge/nginx\": {}, \"copy-chain/direct-mtls\": {}, \"bridge/copy-chain\": {}{}}}",
             json_opt(row.ratio(MTLS)),
             json_opt(row.ratio(NGINX)),
+            json_opt(row.ratio_of(COPY, MTLS)),
+            json_opt(row.ratio_of(BRIDGE, COPY)),
             if row.cells.len() > BRIDGE_B {
                 format!(", \"bridge-B/bridge\": {}", json_opt(row.ratio_of(BRIDGE_B, BRIDGE)))
             } else {

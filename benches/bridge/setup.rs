@@ -19,7 +19,7 @@ use openshell_driver_bridge::proto::compute::compute_driver_client::ComputeDrive
 use openshell_driver_bridge::tls::config::TlsFiles;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
@@ -75,6 +75,8 @@ pub enum Dial {
     Uds(PathBuf),
     /// HTTP/2 over mutual TLS on TCP.
     Tls { addr: SocketAddr, config: Arc<rustls::ClientConfig> },
+    /// HTTP/2 over mutual TLS on a Unix socket (`copy-chain`).
+    TlsUds { path: PathBuf, config: Arc<rustls::ClientConfig> },
 }
 
 /// A compute-driver client on a fresh connection (one tonic `Channel`),
@@ -102,26 +104,41 @@ pub async fn connect(dial: &Dial) -> Result<Client, String> {
                 .await
                 .map_err(|e| format!("connect {addr}: {e:?}"))?
         }
+        Dial::TlsUds { path, config } => {
+            let (path, config, shown) = (path.clone(), config.clone(), path.display().to_string());
+            Endpoint::from_static("http://localhost")
+                .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+                    let (path, config) = (path.clone(), config.clone());
+                    async move {
+                        let stream = UnixStream::connect(path).await?;
+                        let name = ServerName::try_from("localhost").expect("valid name");
+                        let tls = tokio_rustls::TlsConnector::from(config).connect(name, stream).await?;
+                        Ok::<_, io::Error>(TokioIo::new(tls))
+                    }
+                }))
+                .await
+                .map_err(|e| format!("connect {shown}: {e:?}"))?
+        }
     };
     Ok(ComputeDriverClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
 }
 
 /// A TLS stream tonic's server accepts (tonic implements `Connected` for
 /// rustls streams only with its own TLS features, which we do not use).
-struct TlsIo(tokio_rustls::server::TlsStream<TcpStream>);
+struct TlsIo<S>(tokio_rustls::server::TlsStream<S>);
 
-impl Connected for TlsIo {
+impl<S> Connected for TlsIo<S> {
     type ConnectInfo = ();
     fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
-impl AsyncRead for TlsIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for TlsIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
@@ -149,8 +166,7 @@ impl AsyncWrite for TlsIo {
 pub async fn serve_mtls(driver: DemoDriver, config: rustls::ServerConfig) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<TlsIo>>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<TcpStream>(64);
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -158,10 +174,48 @@ pub async fn serve_mtls(driver: DemoDriver, config: rustls::ServerConfig) -> any
                 continue;
             };
             let _ = tcp.set_nodelay(true);
+            if tx.send(tcp).await.is_err() {
+                return;
+            }
+        }
+    });
+    serve_tls(driver, config, rx);
+    Ok(addr)
+}
+
+/// The same server as [`serve_mtls`] on a Unix socket (`copy-chain`'s end).
+pub async fn serve_mtls_uds(driver: DemoDriver, config: rustls::ServerConfig, path: PathBuf) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let listener = UnixListener::bind(&path)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<UnixStream>(64);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            if tx.send(stream).await.is_err() {
+                return;
+            }
+        }
+    });
+    serve_tls(driver, config, rx);
+    Ok(())
+}
+
+/// tonic's server over TLS on the connections `raw` delivers.
+fn serve_tls<S>(driver: DemoDriver, config: rustls::ServerConfig, mut raw: tokio::sync::mpsc::Receiver<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<TlsIo<S>>>(64);
+    tokio::spawn(async move {
+        while let Some(stream) = raw.recv().await {
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                     let _ = tx.send(Ok(TlsIo(tls))).await;
                 }
             });
@@ -171,10 +225,9 @@ pub async fn serve_mtls(driver: DemoDriver, config: rustls::ServerConfig) -> any
     let server = tonic::transport::Server::builder().add_service(driver.into_server()).serve_with_incoming(incoming);
     tokio::spawn(async move {
         if let Err(e) = server.await {
-            eprintln!("direct-mtls server stopped: {e}");
+            eprintln!("mTLS driver server stopped: {e}");
         }
     });
-    Ok(addr)
 }
 
 /// A child process, ended (SIGTERM, then SIGKILL) when dropped.
