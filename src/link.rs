@@ -547,6 +547,36 @@ impl RequestPipe {
     }
 }
 
+impl RequestPipe {
+    /// Whether the body ends right after the frame just read. Callers often
+    /// end a stream with an empty DATA frame right behind the message
+    /// (tonic, grpc-go); when that frame is already here it is folded into
+    /// the message's own (END_STREAM on the message), so the next hop gets
+    /// the whole request in one write instead of a second write (and a
+    /// wake-up) for an empty frame. Anything else read ahead waits in
+    /// `first` for its turn; `Err` when the caller broke off.
+    fn end_follows(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
+        if self.body.is_end_stream() {
+            return Ok(true);
+        }
+        if self.first.is_some() {
+            return Ok(false);
+        }
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Pending => Ok(false),
+            Poll::Ready(None) => Ok(true),
+            Poll::Ready(Some(Ok(next))) => {
+                if next.data_ref().is_some_and(Bytes::is_empty) && self.body.is_end_stream() {
+                    return Ok(true);
+                }
+                self.first = Some(next);
+                Ok(false)
+            }
+            Poll::Ready(Some(Err(_))) => Err(()),
+        }
+    }
+}
+
 impl Future for RequestPipe {
     type Output = ();
 
@@ -579,7 +609,13 @@ impl Future for RequestPipe {
                 Poll::Ready(Some(Ok(frame))) => {
                     let ended = match frame.into_data() {
                         Ok(data) => {
-                            let end = this.body.is_end_stream();
+                            let end = match this.end_follows(cx) {
+                                Ok(end) => end,
+                                Err(()) => {
+                                    this.stream.send_reset(Reason::CANCEL);
+                                    return Poll::Ready(());
+                                }
+                            };
                             this.stream.send_data(data, end).map(|()| end)
                         }
                         Err(frame) => match frame.into_trailers() {

@@ -244,6 +244,31 @@ async fn metadata_reaches_the_driver_and_statuses_reach_the_gateway_unchanged() 
     assert_eq!(status.details(), b"\x08\x05\x12\x0bno such box");
 }
 
+/// tonic (the gateway's stack) ends a unary request with an empty DATA
+/// frame of its own behind the message. The bridge carries the end of the
+/// stream on the message's frame instead, so the driver gets the request
+/// whole in one frame rather than a second, empty one later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_request_reaches_the_driver_as_one_frame_that_ends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Chain::start_with(dir, |_| {}, |_| {}).await;
+    let driver = RawDriver::serve(&chain.driver_socket, |_| Answer::ok(grpc_frame(b"")));
+    let request = GetSandboxRequest { sandbox_id: "sb-1".into(), ..Default::default() };
+    let mut direct = driver_client(&chain.driver_socket).await.unwrap();
+    direct.get_sandbox(request.clone()).await.unwrap();
+    let mut bridged = driver_client(&chain.shim_socket).await.unwrap();
+    bridged.get_sandbox(request).await.unwrap();
+    let calls = driver.calls();
+    let message = calls[0].body.len();
+    assert_eq!(
+        calls[0].frames,
+        [message, 0],
+        "tonic itself sends the message, then an empty frame that ends the stream (if this changed, the test no longer covers the folding)"
+    );
+    assert_eq!(calls[1].frames, [message], "through the bridge the message's own frame ends the stream");
+    assert_eq!(calls[1].body, calls[0].body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_list_answer_passes_unaltered() {
     let dir = tempfile::tempdir().unwrap();

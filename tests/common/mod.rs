@@ -200,6 +200,9 @@ pub struct SeenCall {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The length of every DATA frame as the driver's HTTP/2 stack handed
+    /// it on, empty ones included.
+    pub frames: Vec<usize>,
 }
 
 /// How a raw driver answers one call.
@@ -263,9 +266,16 @@ impl RawDriver {
         req: Request<Incoming>,
         handler: Handler,
     ) -> Response<BoxBody<Bytes, std::convert::Infallible>> {
-        let (parts, body) = req.into_parts();
-        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-        let call = SeenCall { path: parts.uri.path().to_owned(), headers: parts.headers, body };
+        let (parts, mut body) = req.into_parts();
+        let (mut received, mut frames) = (Vec::new(), Vec::new());
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                frames.push(data.len());
+                received.extend_from_slice(data);
+            }
+        }
+        let call =
+            SeenCall { path: parts.uri.path().to_owned(), headers: parts.headers, body: received.into(), frames };
         self.seen.lock().unwrap().push(call.clone());
         let answer = handler(&call);
         if !answer.delay.is_zero() {
