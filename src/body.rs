@@ -241,7 +241,8 @@ impl Drop for StreamGuard {
 
 /// The `grpc-status` of a header or trailer block, if any.
 pub fn grpc_status_of(headers: &HeaderMap) -> Option<String> {
-    headers.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned)
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    headers.get(GRPC_STATUS).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 /// hyper's errors print as "error reading a body from connection"; the

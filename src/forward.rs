@@ -202,11 +202,21 @@ fn printable(text: &str) -> String {
 
 /// Connection-specific headers of RFC 9110 §7.6.1. `te: trailers` is kept:
 /// gRPC requires it end to end.
-const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host"];
+/// Names, not strings: a `&str` key is parsed into a name on every lookup.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::HOST,
+];
+
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
     if let Some(te) = headers.get(http::header::TE) {
         if te.as_bytes() != b"trailers" {
@@ -217,7 +227,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Parses `grpc-timeout` (`1..=8` digits and a unit of H, M, S, m, u, n).
 pub fn grpc_timeout(headers: &HeaderMap) -> Result<Option<Duration>, BridgeStatus> {
-    let Some(value) = headers.get(HeaderName::from_static("grpc-timeout")) else {
+    let Some(value) = headers.get(GRPC_TIMEOUT) else {
         return Ok(None);
     };
     parse_grpc_timeout(value.as_bytes()).map(Some).ok_or_else(|| {
