@@ -545,12 +545,10 @@ impl RequestPipe {
             tokio::spawn(pipe);
         }
     }
-}
 
-impl RequestPipe {
     /// Whether the body ends right after the frame just read. Callers often
     /// end a stream with an empty DATA frame right behind the message
-    /// (tonic, grpc-go); when that frame is already here it is folded into
+    /// (tonic does); when that frame is already here it is folded into
     /// the message's own (END_STREAM on the message), so the next hop gets
     /// the whole request in one write instead of a second write (and a
     /// wake-up) for an empty frame. Anything else read ahead waits in
