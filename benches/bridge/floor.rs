@@ -13,6 +13,7 @@
 //! crossings alone, and the difference between `bridge` and this path is
 //! what the bridge's own work per hop costs.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Duration;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-use crate::setup::{free_port, wait_tcp, wait_uds, Proc};
+use crate::setup::{free_port, wait_tcp, wait_uds, Listener, Proc};
 
 /// The environment variable that turns the bench executable into a
 /// forwarder: `LISTEN>TARGET`, each `unix:PATH` or `HOST:PORT`.
@@ -91,40 +92,37 @@ pub fn forwarder_main(spec: &str) -> ExitCode {
     }
 }
 
-async fn forward(listen: &str, target: String) -> std::io::Result<()> {
-    if let Some(path) = listen.strip_prefix("unix:") {
-        let listener = UnixListener::bind(path)?;
-        loop {
-            let (inbound, _) = listener.accept().await?;
-            tokio::spawn(pipe(inbound, target.clone()));
-        }
-    } else {
-        let listener = TcpListener::bind(listen).await?;
-        loop {
-            let (inbound, _) = listener.accept().await?;
-            inbound.set_nodelay(true)?;
-            tokio::spawn(pipe(inbound, target.clone()));
-        }
+async fn forward(listen: &str, target: String) -> io::Result<()> {
+    match listen.strip_prefix("unix:") {
+        Some(path) => forward_each(UnixListener::bind(path)?, target).await,
+        None => forward_each(TcpListener::bind(listen).await?, target).await,
+    }
+}
+
+async fn forward_each<L: Listener>(listener: L, target: String) -> io::Result<()> {
+    loop {
+        let inbound = listener.next_connection().await?;
+        tokio::spawn(pipe(inbound, target.clone()));
     }
 }
 
 async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(mut inbound: S, target: String) {
-    let copied = if let Some(path) = target.strip_prefix("unix:") {
-        match UnixStream::connect(path).await {
-            Ok(mut outbound) => {
-                tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut outbound, BUFFER, BUFFER).await
-            }
-            Err(e) => Err(e),
-        }
-    } else {
-        match TcpStream::connect(&target).await.and_then(|s| s.set_nodelay(true).map(|()| s)) {
-            Ok(mut outbound) => {
-                tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut outbound, BUFFER, BUFFER).await
-            }
-            Err(e) => Err(e),
+    let copied = match target.strip_prefix("unix:") {
+        Some(path) => copy_both_ways(&mut inbound, UnixStream::connect(path).await).await,
+        None => {
+            let outbound = TcpStream::connect(&target).await.and_then(|s| s.set_nodelay(true).map(|()| s));
+            copy_both_ways(&mut inbound, outbound).await
         }
     };
     if let Err(e) = copied {
         eprintln!("forwarder to {target}: {e}");
     }
+}
+
+async fn copy_both_ways<A, B>(inbound: &mut A, outbound: io::Result<B>) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::io::copy_bidirectional_with_sizes(inbound, &mut outbound?, BUFFER, BUFFER).await
 }

@@ -2,6 +2,7 @@
 //! socket and, for `direct-mtls`, behind tonic's own mTLS server), the
 //! bridge's roles as child processes of the real binary, and clients.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -166,52 +167,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<S> {
 pub async fn serve_mtls(driver: DemoDriver, config: rustls::ServerConfig) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<TcpStream>(64);
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            if tx.send(tcp).await.is_err() {
-                return;
-            }
-        }
-    });
-    serve_tls(driver, config, rx);
+    serve_tls(driver, config, listener);
     Ok(addr)
 }
 
 /// The same server as [`serve_mtls`] on a Unix socket (`copy-chain`'s end).
 pub async fn serve_mtls_uds(driver: DemoDriver, config: rustls::ServerConfig, path: PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-    let listener = UnixListener::bind(&path)?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<UnixStream>(64);
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            if tx.send(stream).await.is_err() {
-                return;
-            }
-        }
-    });
-    serve_tls(driver, config, rx);
+    serve_tls(driver, config, UnixListener::bind(&path)?);
     Ok(())
 }
 
-/// tonic's server over TLS on the connections `raw` delivers.
-fn serve_tls<S>(driver: DemoDriver, config: rustls::ServerConfig, mut raw: tokio::sync::mpsc::Receiver<S>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+/// The listeners the bench serves on. TCP connections get `TCP_NODELAY`,
+/// as on every hop of every path.
+pub trait Listener: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn next_connection(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Stream = TcpStream;
+    async fn next_connection(&self) -> io::Result<TcpStream> {
+        let (stream, _) = self.accept().await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+impl Listener for UnixListener {
+    type Stream = UnixStream;
+    async fn next_connection(&self) -> io::Result<UnixStream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+/// tonic's server over TLS on the connections `listener` accepts.
+fn serve_tls<L: Listener>(driver: DemoDriver, config: rustls::ServerConfig, listener: L) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<TlsIo<S>>>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<TlsIo<L::Stream>>>(64);
     tokio::spawn(async move {
-        while let Some(stream) = raw.recv().await {
+        loop {
+            let Ok(stream) = listener.next_connection().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
