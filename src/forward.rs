@@ -106,33 +106,53 @@ impl Forwarder {
         CallService { forwarder: self.clone(), caller: Arc::new(caller) }
     }
 
+    pub(crate) fn role(&self) -> &'static str {
+        self.inner.role
+    }
+
+    /// Why streams end when the bridge stops.
+    pub(crate) fn shutting_down(&self) -> &Arc<str> {
+        &self.inner.shutting_down
+    }
+
+    /// What a request with `path` and `headers` from `caller` may become:
+    /// a health check the bridge answers, a call to forward, or a refusal
+    /// (logged and counted here).
+    pub(crate) fn admit(&self, path: &str, headers: &HeaderMap, caller: &Caller) -> Result<Admission, BridgeStatus> {
+        let role = self.inner.role;
+        if path == crate::health::CHECK_PATH && self.inner.policy.admits(caller) {
+            return Ok(Admission::Health);
+        }
+        let method = match route(path) {
+            Ok(method) => method,
+            Err(status) => {
+                tracing::warn!(role, caller = %caller, path = %printable(path), "refused: path outside the contract");
+                self.inner.metrics.refused(Refusal::Path);
+                return Err(status);
+            }
+        };
+        if let Err(denied) = self.inner.policy.authorize(caller, method) {
+            tracing::warn!(role, caller = %caller, method = %method, reason = %denied.0, "refused by policy");
+            self.inner.metrics.refused(Refusal::Policy);
+            return Err(BridgeStatus::new(Code::PermissionDenied, format!("{role}: {}", denied.0)));
+        }
+        let streaming = STREAMING_METHODS.contains(&method);
+        // Every method of the contract takes one request message, sent right
+        // after the headers; a method added later might not.
+        let in_contract = CONTRACT_METHODS.contains(&method);
+        let budget = grpc_timeout(headers)?.or(if streaming { None } else { self.inner.default_timeout });
+        Ok(Admission::Call(Admitted { method: method.to_owned(), streaming, in_contract, budget }))
+    }
+
     async fn handle(&self, request: Request<Incoming>, caller: Arc<Caller>) -> Response<RelayBody> {
         let started = std::time::Instant::now();
         let role = self.inner.role;
-        if request.uri().path() == crate::health::CHECK_PATH && self.inner.policy.admits(&caller) {
-            return crate::health::check(request, &self.inner.link).await;
-        }
-        let method = match route(request.uri().path()) {
-            Ok(method) => method.to_owned(),
-            Err(status) => {
-                tracing::warn!(role, caller = %caller, path = %printable(request.uri().path()), "refused: path outside the contract");
-                self.inner.metrics.refused(Refusal::Path);
-                return status.into_response();
-            }
-        };
-        if let Err(denied) = self.inner.policy.authorize(&caller, &method) {
-            tracing::warn!(role, caller = %caller, method = %method, reason = %denied.0, "refused by policy");
-            self.inner.metrics.refused(Refusal::Policy);
-            return BridgeStatus::new(Code::PermissionDenied, format!("{role}: {}", denied.0)).into_response();
-        }
-        let streaming = STREAMING_METHODS.contains(&method.as_str());
-        // Every method of the contract takes one request message, sent right
-        // after the headers; a method added later might not.
-        let in_contract = CONTRACT_METHODS.contains(&method.as_str());
-        let budget = match grpc_timeout(request.headers()) {
-            Ok(budget) => budget.or(if streaming { None } else { self.inner.default_timeout }),
+        let admitted = match self.admit(request.uri().path(), request.headers(), &caller) {
+            Ok(Admission::Call(admitted)) => admitted,
+            Ok(Admission::Health) => return crate::health::check(request, &self.inner.link).await,
             Err(status) => return status.into_response(),
         };
+        let Admitted { method, streaming, in_contract, budget } = admitted;
         let deadline = budget.map(|b| Instant::now() + b);
 
         let (mut parts, body) = request.into_parts();
@@ -184,6 +204,24 @@ impl Forwarder {
     }
 }
 
+/// What the forwarder makes of a request.
+pub(crate) enum Admission {
+    /// `grpc.health.v1.Health/Check`, answered by the bridge.
+    Health,
+    Call(Admitted),
+}
+
+/// A call the forwarder lets through.
+pub(crate) struct Admitted {
+    pub method: String,
+    /// A long-lived response stream (watches end as soon as draining begins).
+    pub streaming: bool,
+    /// A method of the contract as this bridge knows it.
+    pub in_contract: bool,
+    /// The call's deadline from now, if it has one.
+    pub budget: Option<Duration>,
+}
+
 /// Which contract method a path names, or the refusal for a path outside it.
 pub fn route(path: &str) -> Result<&str, BridgeStatus> {
     match path.strip_prefix(SERVICE_PREFIX) {
@@ -214,7 +252,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
@@ -284,7 +322,7 @@ impl hyper::service::Service<Request<Incoming>> for CallService {
 }
 
 /// Writes the one log line of a relayed call when it ends. Never the body.
-struct CallLog {
+pub(crate) struct CallLog {
     role: &'static str,
     method: String,
     caller: Arc<Caller>,
@@ -293,7 +331,18 @@ struct CallLog {
 }
 
 impl CallLog {
-    fn finished_with(&self, status: &BridgeStatus) {
+    pub(crate) fn new(forwarder: &Forwarder, method: String, caller: Arc<Caller>) -> CallLog {
+        forwarder.inner.metrics.call_started();
+        CallLog {
+            role: forwarder.inner.role,
+            method,
+            caller,
+            started: std::time::Instant::now(),
+            metrics: forwarder.inner.metrics.clone(),
+        }
+    }
+
+    pub(crate) fn finished_with(&self, status: &BridgeStatus) {
         self.metrics.call_finished(&self.method, status.code.name(), self.started.elapsed(), 0);
         tracing::warn!(
             target: CALL_LOG_TARGET,
@@ -310,7 +359,13 @@ impl CallLog {
 
 impl CallObserver for CallLog {
     fn finished(&self, status: Option<&str>, bytes: u64) {
-        let code = status.map(status_name).unwrap_or("NONE");
+        self.ended(status.map(status_name).unwrap_or("NONE"), bytes);
+    }
+}
+
+impl CallLog {
+    /// The call ended with `code` (a status name) after `bytes` of answer.
+    pub(crate) fn ended(&self, code: &'static str, bytes: u64) {
         self.metrics.call_finished(&self.method, code, self.started.elapsed(), bytes);
         tracing::debug!(
             target: CALL_LOG_TARGET,

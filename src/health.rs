@@ -41,33 +41,46 @@ pub async fn check(request: Request<Incoming>, link: &Link) -> Response<RelayBod
         Ok(Ok(collected)) => collected.to_bytes(),
         _ => return BridgeStatus::new(Code::Internal, "health check request unreadable or too large").into_response(),
     };
+    if let Err(status) = asked_for_us(&body) {
+        return status.into_response();
+    }
+    let serving = match link.probe(PROBE_WAIT).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::info!(reason = %e.message, "health check: NOT_SERVING");
+            false
+        }
+    };
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let mut response = Response::new(RelayBody::complete(answer(serving), trailers));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// Checks a request body (one gRPC message, or none): it must ask for the
+/// whole server or for the contract's service.
+pub fn asked_for_us(body: &[u8]) -> Result<(), BridgeStatus> {
     let service = match body.get(5..).map(HealthCheckRequest::decode) {
         Some(Ok(request)) => request.service,
         _ if body.is_empty() => String::new(),
-        _ => {
-            return BridgeStatus::new(Code::Internal, "health check request is not a HealthCheckRequest")
-                .into_response()
-        }
+        _ => return Err(BridgeStatus::new(Code::Internal, "health check request is not a HealthCheckRequest")),
     };
     if !service.is_empty() && service != SERVICE {
-        return BridgeStatus::new(Code::NotFound, format!("unknown service {service:?}; this bridge serves {SERVICE}"))
-            .into_response();
+        return Err(BridgeStatus::new(
+            Code::NotFound,
+            format!("unknown service {service:?}; this bridge serves {SERVICE}"),
+        ));
     }
-    let status = match link.probe(PROBE_WAIT).await {
-        Ok(_) => 1,
-        Err(e) => {
-            tracing::info!(reason = %e.message, "health check: NOT_SERVING");
-            2
-        }
-    };
-    let message = HealthCheckResponse { status }.encode_to_vec();
+    Ok(())
+}
+
+/// The answer's one message, framed for gRPC.
+pub fn answer(serving: bool) -> Bytes {
+    let message = HealthCheckResponse { status: if serving { 1 } else { 2 } }.encode_to_vec();
     let mut framed = BytesMut::with_capacity(message.len() + 5);
     framed.extend_from_slice(&[0]);
     framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
     framed.extend_from_slice(&message);
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let mut response = Response::new(RelayBody::complete(Bytes::from(framed), trailers));
-    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    response
+    framed.freeze()
 }

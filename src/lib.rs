@@ -19,6 +19,7 @@ pub mod config;
 pub mod connect;
 pub mod demo;
 pub mod forward;
+pub mod frames;
 pub mod health;
 pub mod link;
 pub mod listen;

@@ -185,6 +185,15 @@ impl Link {
         LinkStatus { connected_to, last_error: state.last_error.clone(), connects: state.connects }
     }
 
+    /// A connection of the caller's own to the first target, for a caller
+    /// that speaks HTTP/2 on it itself; with the target's `:authority` and
+    /// label.
+    pub async fn dial(&self) -> Result<(crate::connect::BoxIo, Authority, Arc<str>), String> {
+        let target = &self.inner.targets[0];
+        let io = target.connector.connect(self.inner.settings.connect_timeout).await.map_err(|e| e.to_string())?;
+        Ok((io, target.authority.clone(), self.inner.hops[0].clone()))
+    }
+
     /// Labels of every target, in order.
     pub fn labels(&self) -> Vec<String> {
         self.inner.targets.iter().map(|t| t.label.clone()).collect()

@@ -182,3 +182,22 @@ async fn a_relay_runs_from_a_config_file_and_shows_it() {
     let line = relay.expect_log(&["relay serving"]).await;
     assert!(line.contains("uri:spiffe://corp/ro/* (read-only)"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_answers_grpc_health_checks_of_an_allowed_client_itself() {
+    let (chain, driver) = Chain::with_demo_driver().await;
+    let check = |body: &'static [u8]| {
+        raw_tls_call(chain.relay.local_addr, &chain.pki, "/grpc.health.v1.Health/Check", &[], grpc_frame(body))
+    };
+    let whole = check(b"").await;
+    assert_eq!(whole.grpc_status().as_deref(), Some("0"), "{}", whole.grpc_message());
+    assert_eq!(grpc_messages(whole.body), vec![bytes::Bytes::from_static(&[0x08, 0x01])], "expected SERVING");
+    let named = check(b"\x0a\x22openshell.compute.v1.ComputeDriver").await;
+    assert_eq!(named.grpc_status().as_deref(), Some("0"), "{}", named.grpc_message());
+    let unknown = check(b"\x0a\x03foo").await;
+    assert_eq!(unknown.grpc_status().as_deref(), Some("5"));
+    assert!(unknown.grpc_message().contains("foo"), "{}", unknown.grpc_message());
+    // None of it reached the driver.
+    assert_eq!(driver.calls("GetCapabilities"), 0);
+    assert!(!chain.relay.task.is_finished());
+}

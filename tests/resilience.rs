@@ -626,3 +626,73 @@ async fn a_driver_that_appears_after_callers_gave_up_is_reached_by_the_next_call
     let took = started.elapsed();
     assert!(took < Duration::from_millis(1500), "the new caller waited out an old backoff: {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_that_dies_under_a_watch_ends_it_unavailable_naming_the_driver_and_its_successor_is_reached() {
+    let rig = Rig::start(|_| {}).await;
+    // The driver runs on a runtime of its own, so it can die as a process
+    // does: every socket it holds closed at once, nothing said.
+    let doomed = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    {
+        let _inside = doomed.enter();
+        openshell_driver_bridge::demo::serve(&rig.driver_socket, DemoDriver::new(), Shutdown::new()).unwrap();
+    }
+    let mut gateway = driver_client(&rig.shim_socket).await.unwrap();
+    gateway.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("before")) }).await.unwrap();
+    let mut watch = gateway.watch_sandboxes(WatchSandboxesRequest {}).await.unwrap().into_inner();
+    watch_until(&mut watch, "before").await.unwrap();
+
+    let started = Instant::now();
+    doomed.shutdown_background();
+    let status = tokio::time::timeout(Duration::from_secs(5), watch_end(&mut watch)).await.unwrap();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("driver.sock") && status.message().contains("connection lost"),
+        "{}",
+        status.message()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    // A new driver on the same socket serves the next calls.
+    let _ = std::fs::remove_file(&rig.driver_socket);
+    let (successor, _successor_shutdown) = rig.demo_driver();
+    gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap();
+    let mut watch = gateway.watch_sandboxes(WatchSandboxesRequest {}).await.unwrap().into_inner();
+    gateway.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("after")) }).await.unwrap();
+    watch_until(&mut watch, "after").await.unwrap();
+    assert_eq!(successor.calls("CreateSandbox"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_made_while_the_driver_was_down_is_retired_once_it_is_back() {
+    // The relay serves a client that connects during a driver outage on the
+    // path whose calls wait for the driver; once the driver is back it ends
+    // that connection gracefully so the shim's next one goes direct.
+    let rig = Rig::start(|_| {}).await;
+    let socket = rig.shim_socket.clone();
+    let waiting = tokio::spawn(async move {
+        let mut gateway = driver_client(&socket).await.unwrap();
+        gateway.get_capabilities(GetCapabilitiesRequest {}).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (driver, _driver_shutdown) = rig.demo_driver();
+    waiting.await.unwrap().unwrap();
+    assert_eq!(rig.proxy.connections(), 1);
+
+    let mut gateway = driver_client(&rig.shim_socket).await.unwrap();
+    let mut calls = 0;
+    let started = Instant::now();
+    while rig.proxy.connections() < 2 && started.elapsed() < Duration::from_secs(5) {
+        gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap();
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rig.proxy.connections(), 2, "the waiting connection was not retired ({calls} calls in 5 s)");
+    for _ in 0..20 {
+        gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap();
+    assert_eq!(rig.proxy.connections(), 2, "the new connection was retired too");
+    assert_eq!(driver.calls("GetCapabilities"), calls + 22);
+}

@@ -561,3 +561,47 @@ async fn a_pinned_spiffe_identity_and_tls12_opt_in_work_end_to_end() {
     assert_eq!(outcome, "accepted");
     shutdown.stop_now();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_calls_with_large_requests_do_not_starve_the_connection() {
+    // The relay refuses these at their headers and drops the request bytes
+    // that follow; it must hand those bytes back to the connection's flow
+    // control window, or a few refusals would stall every later call.
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Chain::start_with(
+        dir,
+        |relay| {
+            relay.rules = vec![openshell_driver_bridge::policy::Rule {
+                pattern: format!("dns:{GATEWAY_ID}").parse().unwrap(),
+                access: openshell_driver_bridge::policy::Access::ReadOnly,
+            }]
+        },
+        |_| {},
+    )
+    .await;
+    let driver = openshell_driver_bridge::demo::driver::DemoDriver::new();
+    openshell_driver_bridge::demo::serve(&chain.driver_socket, driver.clone(), chain.shutdown.clone()).unwrap();
+    let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
+    gateway.list_sandboxes(ListSandboxesRequest {}).await.unwrap();
+
+    let mut big = sandbox("big");
+    let labels = &mut big.spec.as_mut().unwrap().template.as_mut().unwrap().labels;
+    labels.insert("padding".into(), "x".repeat(512 * 1024));
+    for _ in 0..12 {
+        let refused = tokio::time::timeout(
+            Duration::from_secs(5),
+            gateway.create_sandbox(CreateSandboxRequest { sandbox: Some(big.clone()) }),
+        )
+        .await
+        .expect("a refused call hung")
+        .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{}", refused.message());
+    }
+    // 6 MiB refused on one connection; reads still flow.
+    let listed = tokio::time::timeout(Duration::from_secs(5), gateway.list_sandboxes(ListSandboxesRequest {}))
+        .await
+        .expect("the connection stalled after the refusals")
+        .unwrap();
+    assert!(listed.into_inner().sandboxes.is_empty());
+    assert_eq!(driver.calls("CreateSandbox"), 0);
+}

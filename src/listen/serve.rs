@@ -7,7 +7,7 @@ use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::preface::Opening;
+use super::preface::{Opening, Prefixed};
 use crate::connect::Io;
 use crate::forward::CallService;
 use crate::metrics::{Metrics, Refusal};
@@ -77,12 +77,40 @@ pub async fn serve_connection<I: Io>(
     shutdown: &Shutdown,
     peer: &str,
 ) {
-    let io = match super::preface::expect_http2(io, settings.handshake_timeout, peer).await {
-        Ok(io) => io,
-        Err(Opening::Http1) => return service.metrics().refused(Refusal::Http1),
-        Err(Opening::Garbage) => return service.metrics().refused(Refusal::NotHttp2),
-        Err(_) => return,
+    let Some(io) = opening(io, settings, service.metrics(), peer).await else {
+        return;
     };
+    serve_http2(io, service, settings, shutdown, peer, std::future::pending()).await
+}
+
+/// Reads the HTTP/2 preface of `io` (refusing and counting anything else);
+/// the stream with the preface still to be read.
+pub async fn opening<I: Io>(io: I, settings: &ServerSettings, metrics: &Metrics, peer: &str) -> Option<Prefixed<I>> {
+    match super::preface::expect_http2(io, settings.handshake_timeout, peer).await {
+        Ok(io) => Some(io),
+        Err(Opening::Http1) => {
+            metrics.refused(Refusal::Http1);
+            None
+        }
+        Err(Opening::Garbage) => {
+            metrics.refused(Refusal::NotHttp2);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Serves HTTP/2 on `io` (whose preface is checked) like
+/// [`serve_connection`]; when `retire` completes the connection is wound
+/// down as on draining (a GOAWAY, calls in flight finish).
+pub async fn serve_http2<I: Io>(
+    io: Prefixed<I>,
+    service: CallService,
+    settings: &ServerSettings,
+    shutdown: &Shutdown,
+    peer: &str,
+    retire: impl std::future::Future<Output = ()>,
+) {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -100,7 +128,7 @@ pub async fn serve_connection<I: Io>(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = shutdown.draining().cancelled() => {
+        _ = async { tokio::select! { _ = shutdown.draining().cancelled() => {}, _ = retire => {} } } => {
             connection.as_mut().graceful_shutdown();
             tokio::select! {
                 result = connection.as_mut() => result,

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::serve::{serve_connection, ConnectionLimit, ServerSettings};
+use super::serve::{ConnectionLimit, ServerSettings};
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::policy::Caller;
@@ -60,7 +60,7 @@ pub async fn run(
                 tracing::info!(%remote, client = %caller, "client connected");
             }
             let peer = format!("{remote} ({caller})");
-            serve_connection(stream, forwarder.for_caller(caller), &settings, &task_shutdown, &peer).await;
+            crate::frames::serve(stream, forwarder, caller, &settings, &task_shutdown, &peer).await;
             tracing::debug!(%peer, "client disconnected");
         });
     }

@@ -381,6 +381,34 @@ pub fn percent_decode(text: &str) -> String {
 /// Sends one request over a fresh HTTP/2 connection to the socket at `path`.
 pub async fn raw_call(path: &Path, uri_path: &str, headers: &[(&str, &str)], body: Bytes) -> RawResponse {
     let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    raw_call_over(stream, uri_path, headers, body).await
+}
+
+/// Sends one request over a fresh mutually authenticated TLS connection
+/// to the relay at `addr`, with the test client's certificate.
+pub async fn raw_tls_call(
+    addr: SocketAddr,
+    pki: &TestPki,
+    uri_path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> RawResponse {
+    let config = openshell_driver_bridge::tls::config::client_config(&pki.client_tls(), &[]).unwrap();
+    let connector = openshell_driver_bridge::connect::tls::TlsConnector {
+        address: addr.to_string(),
+        server_name: rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+        config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
+    };
+    let stream = connector.connect().await.unwrap();
+    raw_call_over(stream, uri_path, headers, body).await
+}
+
+async fn raw_call_over(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    uri_path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> RawResponse {
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
         .await

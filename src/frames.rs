@@ -1,0 +1,857 @@
+//! The relay's direct path: the HTTP/2 frames of one client connection
+//! carried onto a driver connection of its own.
+//!
+//! A general HTTP/2 server and client in series (the other path, and the
+//! shim's) run two stream state machines, two flow controllers and a task
+//! per call on every hop. Here the relay decodes each frame, decides, and
+//! encodes it again for the other side: flow control, stream states and
+//! settings stay the two ends' own (WINDOW_UPDATE, SETTINGS and PING pass
+//! through), so the relay buffers nothing beyond the frames in hand and a
+//! call costs one pass through one task.
+//!
+//! What stays the relay's: header blocks are decoded and encoded again per
+//! hop (HPACK state is per connection), so `:authority` is the driver's and
+//! hop-by-hop headers are dropped; each new stream is admitted by the
+//! forwarder exactly as on the other path (path, policy, `grpc-timeout`);
+//! health checks are answered here; deadlines, draining, a lost driver and
+//! a silent client end calls with a gRPC status naming the hop. Frames of a
+//! stream the relay ended are dropped, and their bytes are handed back to
+//! the sender's connection window.
+//!
+//! When the driver cannot be reached as the client connects, the
+//! connection is served by the other path, whose calls wait for the driver
+//! (bounded); it is retired (GOAWAY, calls in flight finish) once the
+//! driver is back, so the client's next connection comes here.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use h2::frame::{BytesStr, Data, Frame, GoAway, Headers, Ping, Pseudo, Reason, Reset, StreamId, WindowUpdate};
+use h2::Codec;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::connect::Io;
+use crate::forward::{status_name, strip_hop_by_hop, Admission, CallLog, Forwarder};
+use crate::listen::serve::{opening, serve_http2, ServerSettings};
+use crate::policy::Caller;
+use crate::shutdown::Shutdown;
+use crate::status::{BridgeStatus, Code};
+
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Payload of the relay's own keepalive pings to the client; their answers
+/// stop here, every other PING crosses.
+const KEEPALIVE: [u8; 8] = *b"relay-ka";
+
+/// Frames queued for one side before the relay stops reading: one frame
+/// read makes at most three to send, so this bounds a connection's memory.
+const QUEUE_LIMIT: usize = 64;
+
+/// A health check's request body, at most.
+const HEALTH_BODY_LIMIT: usize = 4096;
+
+/// Serves one accepted client connection (already authenticated) of the relay.
+pub async fn serve<I: Io>(
+    io: I,
+    forwarder: Forwarder,
+    caller: Caller,
+    settings: &ServerSettings,
+    shutdown: &Shutdown,
+    peer: &str,
+) {
+    let Some(mut io) = opening(io, settings, forwarder.metrics(), peer).await else {
+        return;
+    };
+    let dialed = match forwarder.link().dial().await {
+        Ok((mut driver, authority, label)) => match driver.write_all(PREFACE).await {
+            Ok(()) => Ok((driver, authority, label)),
+            Err(e) => Err(crate::connect::describe_io_error(&e)),
+        },
+        Err(why) => Err(why),
+    };
+    let (driver, authority, label) = match dialed {
+        Ok(dialed) => dialed,
+        Err(why) => {
+            tracing::info!(peer, error = %why, "driver unreachable as the client connected; this connection's calls wait for it");
+            let link = forwarder.link().clone();
+            let connects = link.status().connects;
+            let retire = async move {
+                // The link's next connection means the driver is back.
+                while link.status().connects == connects {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            };
+            return serve_http2(io, forwarder.for_caller(caller), settings, shutdown, peer, retire).await;
+        }
+    };
+    let mut preface = [0u8; PREFACE.len()];
+    if io.read_exact(&mut preface).await.is_err() {
+        return;
+    }
+    let authority =
+        BytesStr::try_from(Bytes::copy_from_slice(authority.as_str().as_bytes())).expect("an authority is valid UTF-8");
+    let mut relay = FrameRelay::new(io, driver, forwarder, Arc::new(caller), authority, label, settings, shutdown);
+    std::future::poll_fn(|cx| relay.poll_run(cx)).await;
+    tracing::debug!(peer, "frame relay ended");
+}
+
+/// A call the relay forwards.
+struct Call {
+    log: CallLog,
+    streaming: bool,
+    deadline: Option<(Instant, Duration)>,
+    /// The driver's response HEADERS went to the client.
+    answered: bool,
+    /// The client ended its request (END_STREAM seen).
+    client_done: bool,
+    /// The driver ended its response.
+    driver_done: bool,
+    /// Recorded in the metrics and the log.
+    finished: bool,
+    status: Option<HeaderValue>,
+    bytes: u64,
+}
+
+impl Call {
+    fn finish(&mut self, code: &'static str) {
+        if !self.finished {
+            self.finished = true;
+            self.log.ended(code, self.bytes);
+        }
+    }
+}
+
+struct FrameRelay<C, D> {
+    client: Codec<C, Bytes>,
+    driver: Codec<D, Bytes>,
+    to_client: VecDeque<Frame>,
+    to_driver: VecDeque<Frame>,
+    calls: HashMap<StreamId, Call>,
+    /// Health checks being read: their request bodies so far.
+    health: HashMap<StreamId, BytesMut>,
+    deadlines: BTreeSet<(Instant, u32)>,
+    timer: Pin<Box<Sleep>>,
+    /// Highest stream the client opened.
+    last_stream: StreamId,
+    /// DATA bytes the relay sent the client of its own: the client's
+    /// WINDOW_UPDATEs for them are not passed to the driver.
+    own_data: u32,
+    forwarder: Forwarder,
+    caller: Arc<Caller>,
+    authority: BytesStr,
+    scheme: BytesStr,
+    label: Arc<str>,
+    max_streams: usize,
+    header_list_limit: u32,
+    keepalive: Option<(Duration, Duration)>,
+    next_ping: Instant,
+    ping_sent: Option<Instant>,
+    draining: Pin<Box<WaitForCancellationFutureOwned>>,
+    stopping: Pin<Box<WaitForCancellationFutureOwned>>,
+    drain_seen: bool,
+    /// The driver connection is gone; nothing more is read or written there.
+    driver_lost: bool,
+    /// Send what is queued for the client, then end.
+    closing: bool,
+    done: bool,
+}
+
+impl<C, D> FrameRelay<C, D>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        client: C,
+        driver: D,
+        forwarder: Forwarder,
+        caller: Arc<Caller>,
+        authority: BytesStr,
+        label: Arc<str>,
+        settings: &ServerSettings,
+        shutdown: &Shutdown,
+    ) -> Self {
+        let mut client = Codec::new(client);
+        client.set_max_recv_header_list_size(settings.max_header_list_size as usize);
+        let mut driver = Codec::new(driver);
+        driver.set_max_recv_header_list_size(settings.max_header_list_size as usize);
+        let now = Instant::now();
+        let keepalive = settings.keepalive_interval.map(|every| (every, settings.keepalive_timeout));
+        FrameRelay {
+            client,
+            driver,
+            to_client: VecDeque::new(),
+            to_driver: VecDeque::new(),
+            calls: HashMap::new(),
+            health: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            timer: Box::pin(tokio::time::sleep_until(now + Duration::from_secs(3600))),
+            last_stream: StreamId::zero(),
+            own_data: 0,
+            forwarder,
+            caller,
+            authority,
+            scheme: BytesStr::try_from(Bytes::from_static(b"http")).expect("ASCII"),
+            label,
+            max_streams: settings.max_concurrent_streams as usize,
+            header_list_limit: settings.max_header_list_size,
+            next_ping: now + keepalive.map_or(Duration::from_secs(3600), |k| k.0),
+            keepalive,
+            ping_sent: None,
+            draining: Box::pin(shutdown.draining().clone().cancelled_owned()),
+            stopping: Box::pin(shutdown.stopping().clone().cancelled_owned()),
+            drain_seen: false,
+            driver_lost: false,
+            closing: false,
+            done: false,
+        }
+    }
+
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let mut busy = self.poll_signals(cx);
+            if self.done {
+                return Poll::Ready(());
+            }
+            if !self.closing {
+                busy |= self.read_client(cx);
+                if !self.driver_lost && !self.closing {
+                    busy |= self.read_driver(cx);
+                }
+            }
+            if !self.driver_lost {
+                match pump(&mut self.driver, &mut self.to_driver, cx) {
+                    Ok((moved, _)) => busy |= moved,
+                    Err(e) => {
+                        self.lose_driver(&crate::connect::describe_io_error(&e));
+                        busy = true;
+                    }
+                }
+            }
+            match pump(&mut self.client, &mut self.to_client, cx) {
+                Ok((moved, flushed)) => {
+                    busy |= moved;
+                    if self.closing && flushed && self.to_client.is_empty() {
+                        return Poll::Ready(());
+                    }
+                }
+                Err(_) => return Poll::Ready(()),
+            }
+            if !busy {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Draining, stopping, deadlines and keepalive. `true` when something
+    /// happened (and the loop should go round again).
+    fn poll_signals(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut busy = false;
+        if self.stopping.as_mut().poll(cx).is_ready() {
+            self.finish_all("UNAVAILABLE");
+            self.done = true;
+            return true;
+        }
+        if !self.drain_seen && self.draining.as_mut().poll(cx).is_ready() {
+            self.drain_seen = true;
+            self.begin_drain();
+            busy = true;
+        }
+        loop {
+            let now = Instant::now();
+            while let Some(&(at, id)) = self.deadlines.first() {
+                if at > now {
+                    break;
+                }
+                self.deadlines.pop_first();
+                let id = StreamId::from(id);
+                if let Some((_, budget)) = self.calls.get(&id).and_then(|c| c.deadline) {
+                    let message = format!(
+                        "{}: deadline of {} ms expired before {} answered",
+                        self.forwarder.role(),
+                        budget.as_millis(),
+                        self.label
+                    );
+                    self.end_call(id, BridgeStatus::new(Code::DeadlineExceeded, message), true);
+                    busy = true;
+                }
+            }
+            if let Some((_, timeout)) = self.keepalive {
+                match self.ping_sent {
+                    Some(sent) if now >= sent + timeout => {
+                        tracing::warn!(
+                            client = %self.caller,
+                            timeout_ms = timeout.as_millis() as u64,
+                            "client did not answer a keepalive ping; connection closed"
+                        );
+                        self.finish_all("UNAVAILABLE");
+                        self.done = true;
+                        return true;
+                    }
+                    None if now >= self.next_ping => {
+                        self.to_client.push_back(Ping::new(KEEPALIVE).into());
+                        self.ping_sent = Some(now);
+                        busy = true;
+                    }
+                    _ => {}
+                }
+            }
+            if self.keepalive.is_none() && now >= self.next_ping {
+                self.next_ping = now + Duration::from_secs(3600);
+            }
+            let mut wake = match (self.keepalive, self.ping_sent) {
+                (Some((_, timeout)), Some(sent)) => sent + timeout,
+                _ => self.next_ping,
+            };
+            if let Some(&(at, _)) = self.deadlines.first() {
+                wake = wake.min(at);
+            }
+            if self.timer.deadline() != wake {
+                self.timer.as_mut().reset(wake);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return busy;
+            }
+        }
+    }
+
+    /// Room to queue what another frame read may produce.
+    fn room(&self) -> bool {
+        self.to_client.len() < QUEUE_LIMIT && self.to_driver.len() < QUEUE_LIMIT
+    }
+
+    fn read_client(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut busy = false;
+        while self.room() && !self.closing && !self.done {
+            match Pin::new(&mut self.client).poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok(frame))) => self.on_client_frame(frame),
+                Poll::Ready(Some(Err(error))) => self.client_error(error),
+                Poll::Ready(None) => {
+                    self.finish_all("CANCELLED");
+                    self.done = true;
+                }
+            }
+            busy = true;
+        }
+        busy
+    }
+
+    fn read_driver(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut busy = false;
+        while self.room() && !self.driver_lost && !self.closing && !self.done {
+            match Pin::new(&mut self.driver).poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok(frame))) => self.on_driver_frame(frame),
+                Poll::Ready(Some(Err(h2::proto::Error::Reset(id, reason, _)))) => {
+                    // A header block of the driver's this relay could not take.
+                    if self.calls.contains_key(&id) {
+                        let why = format!("{}: sent an answer the relay cannot read ({reason:?})", self.label);
+                        self.end_call(id, BridgeStatus::new(Code::Internal, why), true);
+                    }
+                }
+                Poll::Ready(Some(Err(h2::proto::Error::GoAway(_, reason, _)))) => {
+                    self.to_driver.push_back(GoAway::new(StreamId::zero(), reason).into());
+                    self.lose_driver(&format!("protocol error ({reason:?})"));
+                }
+                Poll::Ready(Some(Err(h2::proto::Error::Io(kind, message)))) => {
+                    self.lose_driver(&message.unwrap_or_else(|| io::Error::from(kind).to_string()));
+                }
+                Poll::Ready(None) => self.lose_driver("connection closed by the driver"),
+            }
+            busy = true;
+        }
+        busy
+    }
+
+    fn on_client_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Headers(headers) => self.client_headers(headers),
+            Frame::Data(data) => self.client_data(data),
+            Frame::Reset(reset) => {
+                let id = reset.stream_id();
+                self.health.remove(&id);
+                if let Some(mut call) = self.calls.remove(&id) {
+                    self.unschedule(id, &call);
+                    call.finish("CANCELLED");
+                    self.to_driver.push_back(reset.into());
+                }
+            }
+            Frame::Settings(settings) => {
+                if !settings.is_ack() {
+                    if let Some(size) = settings.header_table_size() {
+                        self.client.set_send_header_table_size(size as usize);
+                        self.driver.set_recv_header_table_size(size as usize);
+                    }
+                    if let Some(size) = settings.max_frame_size() {
+                        self.client.set_max_send_frame_size(size as usize);
+                        self.driver.set_max_recv_frame_size(size as usize);
+                    }
+                }
+                self.to_driver.push_back(settings.into());
+            }
+            Frame::Ping(ping) => {
+                if ping.is_ack() && *ping.payload() == KEEPALIVE {
+                    self.ping_sent = None;
+                    self.next_ping = Instant::now() + self.keepalive.map_or(Duration::from_secs(3600), |k| k.0);
+                } else {
+                    self.to_driver.push_back(ping.into());
+                }
+            }
+            Frame::WindowUpdate(update) => {
+                let id = update.stream_id();
+                if id.is_zero() {
+                    // Credit for the relay's own answers (health checks) is
+                    // the relay's: the driver never sent those bytes.
+                    let increment = update.size_increment();
+                    let owed = increment.min(self.own_data);
+                    self.own_data -= owed;
+                    if increment > owed {
+                        self.to_driver.push_back(WindowUpdate::new(id, increment - owed).into());
+                    }
+                } else if self.calls.contains_key(&id) {
+                    self.to_driver.push_back(update.into());
+                }
+            }
+            Frame::GoAway(goaway) => self.to_driver.push_back(goaway.into()),
+            Frame::Priority(_) => {}
+            Frame::PushPromise(_) => self.client_error(h2::proto::Error::GoAway(
+                Bytes::from_static(b"a client may not push"),
+                Reason::PROTOCOL_ERROR,
+                h2::proto::Initiator::Library,
+            )),
+        }
+    }
+
+    fn client_headers(&mut self, headers: Headers) {
+        let id = headers.stream_id();
+        let end = headers.is_end_stream();
+        if let Some(call) = self.calls.get_mut(&id) {
+            // The request's trailers.
+            call.client_done = true;
+            let (_, mut fields) = headers.into_parts();
+            strip_hop_by_hop(&mut fields);
+            self.to_driver.push_back(rebuilt(id, Pseudo::default(), fields, true));
+            self.forget_if_done(id);
+            return;
+        }
+        if self.health.contains_key(&id) || id <= self.last_stream {
+            return;
+        }
+        if !id.is_client_initiated() {
+            return self.client_error(h2::proto::Error::GoAway(
+                Bytes::from_static(b"even stream id from a client"),
+                Reason::PROTOCOL_ERROR,
+                h2::proto::Initiator::Library,
+            ));
+        }
+        self.last_stream = id;
+        if self.drain_seen {
+            // Past the GOAWAY's last stream: the client takes it as refused.
+            return;
+        }
+        if headers.is_over_size() {
+            let limit = self.header_list_limit;
+            let status = BridgeStatus::new(
+                Code::ResourceExhausted,
+                format!("{}: request headers larger than {limit} bytes", self.forwarder.role()),
+            );
+            return self.answer(id, &status, end);
+        }
+        if self.calls.len() + self.health.len() >= self.max_streams {
+            self.to_client.push_back(Reset::new(id, Reason::REFUSED_STREAM).into());
+            return;
+        }
+        let (mut pseudo, mut fields) = headers.into_parts();
+        let path = pseudo.path.as_deref().unwrap_or("");
+        let admitted = match self.forwarder.admit(path, &fields, &self.caller) {
+            Ok(Admission::Call(admitted)) => admitted,
+            Ok(Admission::Health) => {
+                if end {
+                    self.answer_health(id, &[]);
+                } else {
+                    self.health.insert(id, BytesMut::new());
+                }
+                return;
+            }
+            Err(status) => return self.answer(id, &status, end),
+        };
+        strip_hop_by_hop(&mut fields);
+        pseudo.authority = Some(self.authority.clone());
+        pseudo.scheme = Some(self.scheme.clone());
+        let deadline = admitted.budget.map(|budget| (Instant::now() + budget, budget));
+        if let Some((at, _)) = deadline {
+            self.deadlines.insert((at, u32::from(id)));
+        }
+        let call = Call {
+            log: CallLog::new(&self.forwarder, admitted.method, self.caller.clone()),
+            streaming: admitted.streaming,
+            deadline,
+            answered: false,
+            client_done: end,
+            driver_done: false,
+            finished: false,
+            status: None,
+            bytes: 0,
+        };
+        self.calls.insert(id, call);
+        self.to_driver.push_back(rebuilt(id, pseudo, fields, end));
+    }
+
+    fn client_data(&mut self, data: Data<Bytes>) {
+        let id = data.stream_id();
+        let end = data.is_end_stream();
+        if let Some(call) = self.calls.get_mut(&id) {
+            if data.is_padded() {
+                // Padding is not kept by h2's frame type, so the windows
+                // of the two ends would drift apart.
+                let status = BridgeStatus::new(Code::Internal, "relay: padded DATA frames are not supported");
+                return self.end_call(id, status, true);
+            }
+            call.client_done |= end;
+            let mut out = Data::new(id, data.into_payload());
+            out.set_end_stream(end);
+            self.to_driver.push_back(out.into());
+            self.forget_if_done(id);
+            return;
+        }
+        let len = data.payload().len();
+        self.credit_client(len);
+        if let Some(body) = self.health.get_mut(&id) {
+            if body.len() + len > HEALTH_BODY_LIMIT {
+                self.health.remove(&id);
+                let status = BridgeStatus::new(Code::Internal, "health check request unreadable or too large");
+                return self.answer(id, &status, end);
+            }
+            body.extend_from_slice(data.payload());
+            if end {
+                let body = self.health.remove(&id).unwrap_or_default();
+                self.answer_health(id, &body);
+            }
+        }
+    }
+
+    fn on_driver_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Headers(headers) => {
+                let id = headers.stream_id();
+                let end = headers.is_end_stream();
+                let Some(call) = self.calls.get_mut(&id) else {
+                    return;
+                };
+                let (pseudo, mut fields) = headers.into_parts();
+                strip_hop_by_hop(&mut fields);
+                call.answered = true;
+                if end {
+                    call.status = fields.get("grpc-status").cloned();
+                }
+                self.to_client.push_back(rebuilt(id, pseudo, fields, end));
+                if end {
+                    self.driver_ended(id);
+                }
+            }
+            Frame::Data(data) => {
+                let id = data.stream_id();
+                let end = data.is_end_stream();
+                let Some(call) = self.calls.get_mut(&id) else {
+                    self.credit_driver(data.payload().len());
+                    return;
+                };
+                if data.is_padded() {
+                    let status = BridgeStatus::new(
+                        Code::Internal,
+                        format!("{}: sent padded DATA frames, which the relay does not carry", self.label),
+                    );
+                    return self.end_call(id, status, true);
+                }
+                call.bytes += data.payload().len() as u64;
+                let mut out = Data::new(id, data.into_payload());
+                out.set_end_stream(end);
+                self.to_client.push_back(out.into());
+                if end {
+                    self.driver_ended(id);
+                }
+            }
+            Frame::Reset(reset) => {
+                let id = reset.stream_id();
+                let Some(call) = self.calls.get(&id) else {
+                    return;
+                };
+                if call.driver_done || (reset.reason() == Reason::REFUSED_STREAM && !call.answered) {
+                    // The answer is complete and the driver stops reading the
+                    // request; or the driver refused the stream before doing
+                    // anything with it, which tells the client it may retry.
+                    self.to_client.push_back(reset.into());
+                    if let Some(mut call) = self.calls.remove(&id) {
+                        self.unschedule(id, &call);
+                        call.finish("UNAVAILABLE");
+                    }
+                } else {
+                    let why =
+                        format!("{}: stream broken: stream reset by the driver ({:?})", self.label, reset.reason());
+                    self.end_call(id, BridgeStatus::new(Code::Unavailable, why), false);
+                }
+            }
+            Frame::Settings(mut settings) => {
+                if !settings.is_ack() {
+                    if let Some(size) = settings.header_table_size() {
+                        self.driver.set_send_header_table_size(size as usize);
+                        self.client.set_recv_header_table_size(size as usize);
+                    }
+                    if let Some(size) = settings.max_frame_size() {
+                        self.driver.set_max_send_frame_size(size as usize);
+                        self.client.set_max_recv_frame_size(size as usize);
+                    }
+                    let streams = settings.max_concurrent_streams().unwrap_or(u32::MAX);
+                    settings.set_max_concurrent_streams(Some(streams.min(self.max_streams as u32)));
+                    let list = settings.max_header_list_size().unwrap_or(u32::MAX);
+                    settings.set_max_header_list_size(Some(list.min(self.header_list_limit)));
+                }
+                self.to_client.push_back(settings.into());
+            }
+            Frame::Ping(ping) => self.to_client.push_back(ping.into()),
+            Frame::WindowUpdate(update) => {
+                let id = update.stream_id();
+                if id.is_zero() || self.calls.contains_key(&id) {
+                    self.to_client.push_back(update.into());
+                }
+            }
+            Frame::GoAway(goaway) => {
+                tracing::info!(driver = %self.label, reason = ?goaway.reason(), "driver is going away; so is this client connection");
+                self.to_client.push_back(goaway.into());
+            }
+            Frame::Priority(_) | Frame::PushPromise(_) => {}
+        }
+    }
+
+    /// The driver ended stream `id`'s response.
+    fn driver_ended(&mut self, id: StreamId) {
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.driver_done = true;
+            let code = call.status.as_ref().and_then(|v| v.to_str().ok()).map(status_name).unwrap_or("NONE");
+            call.finish(code);
+            if let Some(call) = self.calls.get(&id) {
+                let call_deadline = call.deadline;
+                if let Some((at, _)) = call_deadline {
+                    self.deadlines.remove(&(at, u32::from(id)));
+                }
+            }
+        }
+        self.forget_if_done(id);
+    }
+
+    fn forget_if_done(&mut self, id: StreamId) {
+        if self.calls.get(&id).is_some_and(|c| c.client_done && c.driver_done) {
+            if let Some(call) = self.calls.remove(&id) {
+                self.unschedule(id, &call);
+            }
+        }
+        if self.drain_seen && self.calls.is_empty() && self.health.is_empty() {
+            self.closing = true;
+        }
+    }
+
+    fn unschedule(&mut self, id: StreamId, call: &Call) {
+        if let Some((at, _)) = call.deadline {
+            self.deadlines.remove(&(at, u32::from(id)));
+        }
+    }
+
+    /// Ends a forwarded call with `status` to the client (and a cancel to
+    /// the driver when `cancel_driver`); its later frames are dropped.
+    fn end_call(&mut self, id: StreamId, status: BridgeStatus, cancel_driver: bool) {
+        let Some(mut call) = self.calls.remove(&id) else {
+            return;
+        };
+        self.unschedule(id, &call);
+        if !call.driver_done {
+            // The client has not had the whole answer: it ends with the status.
+            let mut fields = status.to_header_map();
+            let frame = if call.answered {
+                rebuilt(id, Pseudo::default(), fields, true)
+            } else {
+                fields.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                rebuilt(id, Pseudo::response(StatusCode::OK), fields, true)
+            };
+            self.to_client.push_back(frame);
+        }
+        if !call.client_done {
+            self.to_client.push_back(Reset::new(id, Reason::NO_ERROR).into());
+        }
+        if cancel_driver && !call.driver_done {
+            self.to_driver.push_back(Reset::new(id, Reason::CANCEL).into());
+        }
+        if !call.finished {
+            call.finished = true;
+            call.log.finished_with(&status);
+        }
+        if self.drain_seen && self.calls.is_empty() && self.health.is_empty() {
+            self.closing = true;
+        }
+    }
+
+    /// A Trailers-Only answer of the relay's own to a stream never forwarded.
+    fn answer(&mut self, id: StreamId, status: &BridgeStatus, client_done: bool) {
+        let mut fields = status.to_header_map();
+        fields.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        self.to_client.push_back(rebuilt(id, Pseudo::response(StatusCode::OK), fields, true));
+        if !client_done {
+            self.to_client.push_back(Reset::new(id, Reason::NO_ERROR).into());
+        }
+    }
+
+    fn answer_health(&mut self, id: StreamId, body: &[u8]) {
+        if let Err(status) = crate::health::asked_for_us(body) {
+            return self.answer(id, &status, true);
+        }
+        let mut head = HeaderMap::new();
+        head.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        self.to_client.push_back(rebuilt(id, Pseudo::response(StatusCode::OK), head, false));
+        let message = crate::health::answer(!self.driver_lost);
+        self.own_data += message.len() as u32;
+        self.to_client.push_back(Data::new(id, message).into());
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        self.to_client.push_back(rebuilt(id, Pseudo::default(), trailers, true));
+    }
+
+    /// Hands dropped bytes back to the client's connection window.
+    fn credit_client(&mut self, len: usize) {
+        if len > 0 {
+            self.to_client.push_back(WindowUpdate::new(StreamId::zero(), len as u32).into());
+        }
+    }
+
+    fn credit_driver(&mut self, len: usize) {
+        if len > 0 && !self.driver_lost {
+            self.to_driver.push_back(WindowUpdate::new(StreamId::zero(), len as u32).into());
+        }
+    }
+
+    fn client_error(&mut self, error: h2::proto::Error) {
+        match error {
+            h2::proto::Error::Reset(id, reason, _) => {
+                // A header block the relay could not take: that stream only.
+                if id > self.last_stream && id.is_client_initiated() {
+                    self.last_stream = id;
+                }
+                if self.calls.contains_key(&id) {
+                    let status =
+                        BridgeStatus::new(Code::Internal, format!("relay: malformed request frame ({reason:?})"));
+                    self.end_call(id, status, true);
+                }
+                self.to_client.push_back(Reset::new(id, reason).into());
+            }
+            h2::proto::Error::GoAway(debug, reason, _) => {
+                tracing::warn!(client = %self.caller, ?reason, "client broke the HTTP/2 protocol; connection closed");
+                self.to_client.push_back(GoAway::with_debug_data(self.last_stream, reason, debug).into());
+                self.finish_all("CANCELLED");
+                self.closing = true;
+            }
+            h2::proto::Error::Io(..) => {
+                self.finish_all("CANCELLED");
+                self.done = true;
+            }
+        }
+    }
+
+    /// The driver connection broke: every call in flight ends with
+    /// UNAVAILABLE naming it, and the client is told to go (its next
+    /// connection dials the driver again).
+    fn lose_driver(&mut self, cause: &str) {
+        if self.driver_lost {
+            return;
+        }
+        self.driver_lost = true;
+        self.to_driver.clear();
+        tracing::warn!(driver = %self.label, error = %cause, "driver connection lost");
+        let ids: Vec<StreamId> = self.calls.keys().copied().collect();
+        for id in ids {
+            let why = format!("{}: stream broken: connection lost: {cause}", self.label);
+            self.end_call(id, BridgeStatus::new(Code::Unavailable, why), false);
+        }
+        let waiting: Vec<StreamId> = self.health.keys().copied().collect();
+        for id in waiting {
+            self.health.remove(&id);
+            self.answer_health(id, &[]);
+        }
+        self.to_client.push_back(GoAway::new(self.last_stream, Reason::NO_ERROR).into());
+        self.closing = true;
+    }
+
+    /// Draining: no new calls (GOAWAY), watches end now, other calls may
+    /// finish until the bridge stops.
+    fn begin_drain(&mut self) {
+        self.to_client.push_back(GoAway::new(self.last_stream, Reason::NO_ERROR).into());
+        let watches: Vec<StreamId> = self.calls.iter().filter(|(_, c)| c.streaming).map(|(id, _)| *id).collect();
+        for id in watches {
+            let status = BridgeStatus::new(Code::Unavailable, self.forwarder.shutting_down().to_string());
+            self.end_call(id, status, true);
+        }
+        if self.calls.is_empty() && self.health.is_empty() {
+            self.closing = true;
+        }
+    }
+
+    /// Records every call still open as ended with `code`.
+    fn finish_all(&mut self, code: &'static str) {
+        for call in self.calls.values_mut() {
+            call.finish(code);
+        }
+    }
+}
+
+/// A header block for the other side: a fresh frame, so no flag (padding,
+/// priority) of the received one is carried without its fields.
+fn rebuilt(id: StreamId, pseudo: Pseudo, fields: HeaderMap, end: bool) -> Frame {
+    let mut headers = Headers::new(id, pseudo, fields);
+    if end {
+        headers.set_end_stream();
+    }
+    headers.into()
+}
+
+/// Moves queued frames into `codec` while it takes them, then flushes.
+/// Whether any moved, and whether everything buffered reached the socket.
+fn pump<T: AsyncRead + AsyncWrite + Unpin>(
+    codec: &mut Codec<T, Bytes>,
+    queue: &mut VecDeque<Frame>,
+    cx: &mut Context<'_>,
+) -> io::Result<(bool, bool)> {
+    let mut moved = false;
+    while !queue.is_empty() {
+        match codec.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                let frame = queue.pop_front().expect("queue is not empty");
+                codec.buffer(frame).map_err(|e| io::Error::other(format!("frame not sendable: {e:?}")))?;
+                moved = true;
+            }
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => return Ok((moved, false)),
+        }
+    }
+    match codec.flush(cx) {
+        Poll::Ready(Ok(())) => Ok((moved, true)),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Ok((moved, false)),
+    }
+}
+
+impl<C, D> Drop for FrameRelay<C, D> {
+    fn drop(&mut self) {
+        for call in self.calls.values_mut() {
+            call.finish("CANCELLED");
+        }
+    }
+}
