@@ -1,27 +1,35 @@
-//! The relay's direct path: the HTTP/2 frames of one client connection
-//! carried onto a driver connection of its own.
+//! The direct path of both roles: the HTTP/2 frames of one client
+//! connection carried onto a connection of its own to the next hop (the
+//! shim's to the relay, the relay's to the driver).
 //!
-//! A general HTTP/2 server and client in series (the other path, and the
-//! shim's) run two stream state machines, two flow controllers and a task
-//! per call on every hop. Here the relay decodes each frame, decides, and
-//! encodes it again for the other side: flow control, stream states and
-//! settings stay the two ends' own (WINDOW_UPDATE, SETTINGS and PING pass
-//! through), so the relay buffers nothing beyond the frames in hand and a
-//! call costs one pass through one task.
+//! A general HTTP/2 server and client in series (the waiting path below)
+//! run two stream state machines, two flow controllers and a task per call
+//! on every hop. Here one task decodes each frame, decides, and encodes it
+//! again for the other side. Flow control, stream states and settings stay
+//! the two ends' own (WINDOW_UPDATE, SETTINGS and PING pass through), so
+//! the bridge buffers nothing beyond the frames in hand and applies
+//! backpressure by reading a side only when the other can take more.
 //!
-//! What stays the relay's: header blocks are decoded and encoded again per
-//! hop (HPACK state is per connection), so `:authority` is the driver's and
-//! hop-by-hop headers are dropped; each new stream is admitted by the
-//! forwarder exactly as on the other path (path, policy, `grpc-timeout`);
-//! health checks are answered here; deadlines, draining, a lost driver and
-//! a silent client end calls with a gRPC status naming the hop. Frames of a
-//! stream the relay ended are dropped, and their bytes are handed back to
-//! the sender's connection window.
+//! What stays the bridge's:
+//! - header blocks are decoded and encoded again per hop (HPACK state is
+//!   per connection): `:authority` and `:scheme` become the next hop's and
+//!   hop-by-hop headers are dropped; no frame flag crosses without its
+//!   fields (padding and priority are not carried);
+//! - each new stream is admitted by the forwarder exactly as on the waiting
+//!   path (path, policy, `grpc-timeout`), health checks are answered here;
+//! - deadlines, draining, a lost next hop and an unanswered keepalive ping
+//!   end calls with a gRPC status naming the hop;
+//! - frames of a stream the bridge ended are dropped, and their bytes are
+//!   handed back to the sender's connection window.
 //!
-//! When the driver cannot be reached as the client connects, the
-//! connection is served by the other path, whose calls wait for the driver
-//! (bounded); it is retired (GOAWAY, calls in flight finish) once the
-//! driver is back, so the client's next connection comes here.
+//! When the next hop cannot be reached (or does not answer HTTP/2) as the
+//! client connects, the connection is served by the waiting path: its
+//! calls wait for the hop (bounded), are retried on another target when
+//! never sent, and so on. That connection is retired (GOAWAY, calls in
+//! flight finish) once the link has a connection that answers, so the
+//! client's next connection comes here. When the next hop is lost under
+//! the direct path, calls in flight end UNAVAILABLE and the client gets a
+//! GOAWAY; its next connection dials again.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -33,25 +41,22 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use h2::frame::{BytesStr, Data, Frame, GoAway, Headers, Ping, Pseudo, Reason, Reset, StreamId, WindowUpdate};
+use h2::frame::{self, BytesStr, Data, Frame, GoAway, Headers, Ping, Pseudo, Reason, Reset, StreamId, WindowUpdate};
 use h2::Codec;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::connect::Io;
+use crate::connect::{BoxIo, Io};
 use crate::forward::{status_name, strip_hop_by_hop, Admission, CallLog, Forwarder};
+use crate::link::Link;
 use crate::listen::serve::{opening, serve_http2, ServerSettings};
 use crate::policy::Caller;
 use crate::shutdown::Shutdown;
 use crate::status::{BridgeStatus, Code};
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Payload of the relay's own keepalive pings to the client; their answers
-/// stop here, every other PING crosses.
-const KEEPALIVE: [u8; 8] = *b"relay-ka";
 
 /// Frames queued for one side before the relay stops reading: one frame
 /// read makes at most three to send, so this bounds a connection's memory.
@@ -60,7 +65,7 @@ const QUEUE_LIMIT: usize = 64;
 /// A health check's request body, at most.
 const HEALTH_BODY_LIMIT: usize = 4096;
 
-/// Serves one accepted client connection (already authenticated) of the relay.
+/// Serves one accepted client connection (already authenticated).
 pub async fn serve<I: Io>(
     io: I,
     forwarder: Forwarder,
@@ -72,22 +77,15 @@ pub async fn serve<I: Io>(
     let Some(mut io) = opening(io, settings, forwarder.metrics(), peer).await else {
         return;
     };
-    let dialed = match forwarder.link().dial().await {
-        Ok((mut driver, authority, label)) => match driver.write_all(PREFACE).await {
-            Ok(()) => Ok((driver, authority, label)),
-            Err(e) => Err(crate::connect::describe_io_error(&e)),
-        },
-        Err(why) => Err(why),
-    };
-    let (driver, authority, label) = match dialed {
-        Ok(dialed) => dialed,
+    let link = forwarder.link().clone();
+    let (upstream, first, hop) = match open_upstream(&link).await {
+        Ok(opened) => opened,
         Err(why) => {
-            tracing::info!(peer, error = %why, "driver unreachable as the client connected; this connection's calls wait for it");
-            let link = forwarder.link().clone();
-            let connects = link.status().connects;
+            tracing::info!(peer, error = %why, "next hop unreachable as the client connected; this connection's calls wait for it");
+            let answered = link.answered_connections();
             let retire = async move {
-                // The link's next connection means the driver is back.
-                while link.status().connects == connects {
+                // A connection of the link answering means the hop is back.
+                while link.answered_connections() == answered {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             };
@@ -98,11 +96,64 @@ pub async fn serve<I: Io>(
     if io.read_exact(&mut preface).await.is_err() {
         return;
     }
-    let authority =
-        BytesStr::try_from(Bytes::copy_from_slice(authority.as_str().as_bytes())).expect("an authority is valid UTF-8");
-    let mut relay = FrameRelay::new(io, driver, forwarder, Arc::new(caller), authority, label, settings, shutdown);
+    let mut relay = FrameRelay::new(io, upstream, forwarder, Arc::new(caller), hop, settings, shutdown);
+    relay.on_upstream_frame(Frame::Settings(first));
     std::future::poll_fn(|cx| relay.poll_run(cx)).await;
     tracing::debug!(peer, "frame relay ended");
+}
+
+/// The next hop as a frame relay sees it.
+struct Hop {
+    scheme: BytesStr,
+    authority: BytesStr,
+    label: Arc<str>,
+    keepalive: Option<(Duration, Duration)>,
+}
+
+/// Dials the next hop and opens HTTP/2 on it: the preface and a SETTINGS
+/// of defaults (the client's own follow when it sends them), then waits
+/// for the peer's SETTINGS, so that a peer which takes the connection and
+/// hangs up (a relay refusing our certificate after a TLS 1.3 handshake)
+/// counts as unreachable here rather than after the client's calls went
+/// to it. The peer's SETTINGS are returned to be passed on to the client.
+async fn open_upstream(link: &Link) -> Result<(Codec<BoxIo, Bytes>, frame::Settings, Hop), String> {
+    let dialed = link.dial().await?;
+    let label = dialed.label.clone();
+    let opened = async {
+        let mut io = dialed.io;
+        io.write_all(PREFACE).await.map_err(|e| crate::connect::describe_io_error(&e))?;
+        let mut codec: Codec<BoxIo, Bytes> = Codec::new(io);
+        codec.buffer(frame::Settings::default().into()).map_err(|e| format!("{e:?}"))?;
+        std::future::poll_fn(|cx| codec.flush(cx)).await.map_err(|e| crate::connect::describe_io_error(&e))?;
+        match futures_util::StreamExt::next(&mut codec).await {
+            Some(Ok(Frame::Settings(settings))) if !settings.is_ack() => Ok((codec, settings)),
+            Some(Ok(_)) => Err("it did not open with SETTINGS: not an HTTP/2 server".to_string()),
+            Some(Err(h2::proto::Error::Io(_, Some(message)))) => Err(message),
+            Some(Err(error)) => Err(format!("{error:?}")),
+            None => Err("it closed the connection before answering (a peer that refuses our client certificate after the TLS 1.3 handshake does this; see its log)".to_string()),
+        }
+    };
+    let (codec, settings) = match tokio::time::timeout(dialed.answer_timeout, opened).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(why)) => {
+            let why = format!("{label}: {why}");
+            link.dial_failed(why.clone());
+            return Err(why);
+        }
+        Err(_) => {
+            let why = format!("{label}: no HTTP/2 answer within {} ms", dialed.answer_timeout.as_millis());
+            link.dial_failed(why.clone());
+            return Err(why);
+        }
+    };
+    let text = |value: &str| BytesStr::try_from(Bytes::copy_from_slice(value.as_bytes())).expect("valid UTF-8");
+    let hop = Hop {
+        scheme: text(dialed.scheme.as_str()),
+        authority: text(dialed.authority.as_str()),
+        label,
+        keepalive: dialed.keepalive,
+    };
+    Ok((codec, settings, hop))
 }
 
 /// A call the relay forwards.
@@ -115,7 +166,7 @@ struct Call {
     /// The client ended its request (END_STREAM seen).
     client_done: bool,
     /// The driver ended its response.
-    driver_done: bool,
+    upstream_done: bool,
     /// Recorded in the metrics and the log.
     finished: bool,
     status: Option<HeaderValue>,
@@ -133,9 +184,9 @@ impl Call {
 
 struct FrameRelay<C, D> {
     client: Codec<C, Bytes>,
-    driver: Codec<D, Bytes>,
+    upstream: Codec<D, Bytes>,
     to_client: VecDeque<Frame>,
-    to_driver: VecDeque<Frame>,
+    to_upstream: VecDeque<Frame>,
     calls: HashMap<StreamId, Call>,
     /// Health checks being read: their request bodies so far.
     health: HashMap<StreamId, BytesMut>,
@@ -144,7 +195,7 @@ struct FrameRelay<C, D> {
     /// Highest stream the client opened.
     last_stream: StreamId,
     /// DATA bytes the relay sent the client of its own: the client's
-    /// WINDOW_UPDATEs for them are not passed to the driver.
+    /// WINDOW_UPDATEs for them are not passed upstream.
     own_data: u32,
     forwarder: Forwarder,
     caller: Arc<Caller>,
@@ -153,14 +204,16 @@ struct FrameRelay<C, D> {
     label: Arc<str>,
     max_streams: usize,
     header_list_limit: u32,
-    keepalive: Option<(Duration, Duration)>,
-    next_ping: Instant,
-    ping_sent: Option<Instant>,
+    client_pings: Option<Pinger>,
+    upstream_pings: Option<Pinger>,
+    /// SETTINGS acknowledgements of the upstream's that answer the relay's
+    /// own SETTINGS (sent when it opened the connection), not the client's.
+    acks_to_swallow: u32,
     draining: Pin<Box<WaitForCancellationFutureOwned>>,
     stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     drain_seen: bool,
     /// The driver connection is gone; nothing more is read or written there.
-    driver_lost: bool,
+    upstream_lost: bool,
     /// Send what is queued for the client, then end.
     closing: bool,
     done: bool,
@@ -174,25 +227,23 @@ where
     #[allow(clippy::too_many_arguments)]
     fn new(
         client: C,
-        driver: D,
+        mut upstream: Codec<D, Bytes>,
         forwarder: Forwarder,
         caller: Arc<Caller>,
-        authority: BytesStr,
-        label: Arc<str>,
+        hop: Hop,
         settings: &ServerSettings,
         shutdown: &Shutdown,
     ) -> Self {
         let mut client = Codec::new(client);
         client.set_max_recv_header_list_size(settings.max_header_list_size as usize);
-        let mut driver = Codec::new(driver);
-        driver.set_max_recv_header_list_size(settings.max_header_list_size as usize);
+        upstream.set_max_recv_header_list_size(settings.max_header_list_size as usize);
         let now = Instant::now();
-        let keepalive = settings.keepalive_interval.map(|every| (every, settings.keepalive_timeout));
+        let client_keepalive = settings.keepalive_interval.map(|every| (every, settings.keepalive_timeout));
         FrameRelay {
             client,
-            driver,
+            upstream,
             to_client: VecDeque::new(),
-            to_driver: VecDeque::new(),
+            to_upstream: VecDeque::new(),
             calls: HashMap::new(),
             health: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -201,18 +252,18 @@ where
             own_data: 0,
             forwarder,
             caller,
-            authority,
-            scheme: BytesStr::try_from(Bytes::from_static(b"http")).expect("ASCII"),
-            label,
+            authority: hop.authority,
+            scheme: hop.scheme,
+            label: hop.label,
             max_streams: settings.max_concurrent_streams as usize,
             header_list_limit: settings.max_header_list_size,
-            next_ping: now + keepalive.map_or(Duration::from_secs(3600), |k| k.0),
-            keepalive,
-            ping_sent: None,
+            client_pings: client_keepalive.map(|k| Pinger::new(k, now)),
+            upstream_pings: hop.keepalive.map(|k| Pinger::new(k, now)),
+            acks_to_swallow: 1,
             draining: Box::pin(shutdown.draining().clone().cancelled_owned()),
             stopping: Box::pin(shutdown.stopping().clone().cancelled_owned()),
             drain_seen: false,
-            driver_lost: false,
+            upstream_lost: false,
             closing: false,
             done: false,
         }
@@ -226,15 +277,15 @@ where
             }
             if !self.closing {
                 busy |= self.read_client(cx);
-                if !self.driver_lost && !self.closing {
-                    busy |= self.read_driver(cx);
+                if !self.upstream_lost && !self.closing {
+                    busy |= self.read_upstream(cx);
                 }
             }
-            if !self.driver_lost {
-                match pump(&mut self.driver, &mut self.to_driver, cx) {
+            if !self.upstream_lost {
+                match pump(&mut self.upstream, &mut self.to_upstream, cx) {
                     Ok((moved, _)) => busy |= moved,
                     Err(e) => {
-                        self.lose_driver(&crate::connect::describe_io_error(&e));
+                        self.lose_upstream(&crate::connect::describe_io_error(&e));
                         busy = true;
                     }
                 }
@@ -287,9 +338,14 @@ where
                     busy = true;
                 }
             }
-            if let Some((_, timeout)) = self.keepalive {
-                match self.ping_sent {
-                    Some(sent) if now >= sent + timeout => {
+            if let Some(pinger) = &mut self.client_pings {
+                match pinger.due(now) {
+                    Ok(Some(ping)) => {
+                        self.to_client.push_back(ping.into());
+                        busy = true;
+                    }
+                    Ok(None) => {}
+                    Err(timeout) => {
                         tracing::warn!(
                             client = %self.caller,
                             timeout_ms = timeout.as_millis() as u64,
@@ -299,24 +355,33 @@ where
                         self.done = true;
                         return true;
                     }
-                    None if now >= self.next_ping => {
-                        self.to_client.push_back(Ping::new(KEEPALIVE).into());
-                        self.ping_sent = Some(now);
-                        busy = true;
-                    }
-                    _ => {}
                 }
             }
-            if self.keepalive.is_none() && now >= self.next_ping {
-                self.next_ping = now + Duration::from_secs(3600);
+            if let Some(pinger) = self.upstream_pings.as_mut().filter(|_| !self.upstream_lost) {
+                match pinger.due(now) {
+                    Ok(Some(ping)) => {
+                        self.to_upstream.push_back(ping.into());
+                        busy = true;
+                    }
+                    Ok(None) => {}
+                    Err(timeout) => {
+                        self.lose_upstream(&format!("keepalive ping unanswered for {} ms", timeout.as_millis()));
+                        busy = true;
+                    }
+                }
             }
-            let mut wake = match (self.keepalive, self.ping_sent) {
-                (Some((_, timeout)), Some(sent)) => sent + timeout,
-                _ => self.next_ping,
+            let upstream_pings = self.upstream_pings.as_ref().filter(|_| !self.upstream_lost);
+            let wake = [
+                self.client_pings.as_ref().map(Pinger::wake),
+                upstream_pings.map(Pinger::wake),
+                self.deadlines.first().map(|&(at, _)| at),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let Some(wake) = wake else {
+                return busy;
             };
-            if let Some(&(at, _)) = self.deadlines.first() {
-                wake = wake.min(at);
-            }
             if self.timer.deadline() != wake {
                 self.timer.as_mut().reset(wake);
             }
@@ -328,7 +393,7 @@ where
 
     /// Room to queue what another frame read may produce.
     fn room(&self) -> bool {
-        self.to_client.len() < QUEUE_LIMIT && self.to_driver.len() < QUEUE_LIMIT
+        self.to_client.len() < QUEUE_LIMIT && self.to_upstream.len() < QUEUE_LIMIT
     }
 
     fn read_client(&mut self, cx: &mut Context<'_>) -> bool {
@@ -348,27 +413,27 @@ where
         busy
     }
 
-    fn read_driver(&mut self, cx: &mut Context<'_>) -> bool {
+    fn read_upstream(&mut self, cx: &mut Context<'_>) -> bool {
         let mut busy = false;
-        while self.room() && !self.driver_lost && !self.closing && !self.done {
-            match Pin::new(&mut self.driver).poll_next(cx) {
+        while self.room() && !self.upstream_lost && !self.closing && !self.done {
+            match Pin::new(&mut self.upstream).poll_next(cx) {
                 Poll::Pending => break,
-                Poll::Ready(Some(Ok(frame))) => self.on_driver_frame(frame),
+                Poll::Ready(Some(Ok(frame))) => self.on_upstream_frame(frame),
                 Poll::Ready(Some(Err(h2::proto::Error::Reset(id, reason, _)))) => {
-                    // A header block of the driver's this relay could not take.
+                    // A header block of the upstream's the relay could not take.
                     if self.calls.contains_key(&id) {
                         let why = format!("{}: sent an answer the relay cannot read ({reason:?})", self.label);
                         self.end_call(id, BridgeStatus::new(Code::Internal, why), true);
                     }
                 }
                 Poll::Ready(Some(Err(h2::proto::Error::GoAway(_, reason, _)))) => {
-                    self.to_driver.push_back(GoAway::new(StreamId::zero(), reason).into());
-                    self.lose_driver(&format!("protocol error ({reason:?})"));
+                    self.to_upstream.push_back(GoAway::new(StreamId::zero(), reason).into());
+                    self.lose_upstream(&format!("protocol error ({reason:?})"));
                 }
                 Poll::Ready(Some(Err(h2::proto::Error::Io(kind, message)))) => {
-                    self.lose_driver(&message.unwrap_or_else(|| io::Error::from(kind).to_string()));
+                    self.lose_upstream(&message.unwrap_or_else(|| io::Error::from(kind).to_string()));
                 }
-                Poll::Ready(None) => self.lose_driver("connection closed by the driver"),
+                Poll::Ready(None) => self.lose_upstream("connection closed by the peer"),
             }
             busy = true;
         }
@@ -385,46 +450,43 @@ where
                 if let Some(mut call) = self.calls.remove(&id) {
                     self.unschedule(id, &call);
                     call.finish("CANCELLED");
-                    self.to_driver.push_back(reset.into());
+                    self.to_upstream.push_back(reset.into());
                 }
             }
             Frame::Settings(settings) => {
                 if !settings.is_ack() {
                     if let Some(size) = settings.header_table_size() {
                         self.client.set_send_header_table_size(size as usize);
-                        self.driver.set_recv_header_table_size(size as usize);
+                        self.upstream.set_recv_header_table_size(size as usize);
                     }
                     if let Some(size) = settings.max_frame_size() {
                         self.client.set_max_send_frame_size(size as usize);
-                        self.driver.set_max_recv_frame_size(size as usize);
+                        self.upstream.set_max_recv_frame_size(size as usize);
                     }
                 }
-                self.to_driver.push_back(settings.into());
+                self.to_upstream.push_back(settings.into());
             }
             Frame::Ping(ping) => {
-                if ping.is_ack() && *ping.payload() == KEEPALIVE {
-                    self.ping_sent = None;
-                    self.next_ping = Instant::now() + self.keepalive.map_or(Duration::from_secs(3600), |k| k.0);
-                } else {
-                    self.to_driver.push_back(ping.into());
+                if !self.client_pings.as_mut().is_some_and(|p| p.answered(&ping)) {
+                    self.to_upstream.push_back(ping.into());
                 }
             }
             Frame::WindowUpdate(update) => {
                 let id = update.stream_id();
                 if id.is_zero() {
                     // Credit for the relay's own answers (health checks) is
-                    // the relay's: the driver never sent those bytes.
+                    // the relay's: the upstream never sent those bytes.
                     let increment = update.size_increment();
                     let owed = increment.min(self.own_data);
                     self.own_data -= owed;
                     if increment > owed {
-                        self.to_driver.push_back(WindowUpdate::new(id, increment - owed).into());
+                        self.to_upstream.push_back(WindowUpdate::new(id, increment - owed).into());
                     }
                 } else if self.calls.contains_key(&id) {
-                    self.to_driver.push_back(update.into());
+                    self.to_upstream.push_back(update.into());
                 }
             }
-            Frame::GoAway(goaway) => self.to_driver.push_back(goaway.into()),
+            Frame::GoAway(goaway) => self.to_upstream.push_back(goaway.into()),
             Frame::Priority(_) => {}
             Frame::PushPromise(_) => self.client_error(h2::proto::Error::GoAway(
                 Bytes::from_static(b"a client may not push"),
@@ -442,7 +504,7 @@ where
             call.client_done = true;
             let (_, mut fields) = headers.into_parts();
             strip_hop_by_hop(&mut fields);
-            self.to_driver.push_back(rebuilt(id, Pseudo::default(), fields, true));
+            self.to_upstream.push_back(rebuilt(id, Pseudo::default(), fields, true));
             self.forget_if_done(id);
             return;
         }
@@ -500,13 +562,13 @@ where
             deadline,
             answered: false,
             client_done: end,
-            driver_done: false,
+            upstream_done: false,
             finished: false,
             status: None,
             bytes: 0,
         };
         self.calls.insert(id, call);
-        self.to_driver.push_back(rebuilt(id, pseudo, fields, end));
+        self.to_upstream.push_back(rebuilt(id, pseudo, fields, end));
     }
 
     fn client_data(&mut self, data: Data<Bytes>) {
@@ -522,7 +584,7 @@ where
             call.client_done |= end;
             let mut out = Data::new(id, data.into_payload());
             out.set_end_stream(end);
-            self.to_driver.push_back(out.into());
+            self.to_upstream.push_back(out.into());
             self.forget_if_done(id);
             return;
         }
@@ -542,7 +604,7 @@ where
         }
     }
 
-    fn on_driver_frame(&mut self, frame: Frame) {
+    fn on_upstream_frame(&mut self, frame: Frame) {
         match frame {
             Frame::Headers(headers) => {
                 let id = headers.stream_id();
@@ -558,14 +620,14 @@ where
                 }
                 self.to_client.push_back(rebuilt(id, pseudo, fields, end));
                 if end {
-                    self.driver_ended(id);
+                    self.upstream_ended(id);
                 }
             }
             Frame::Data(data) => {
                 let id = data.stream_id();
                 let end = data.is_end_stream();
                 let Some(call) = self.calls.get_mut(&id) else {
-                    self.credit_driver(data.payload().len());
+                    self.credit_upstream(data.payload().len());
                     return;
                 };
                 if data.is_padded() {
@@ -580,7 +642,7 @@ where
                 out.set_end_stream(end);
                 self.to_client.push_back(out.into());
                 if end {
-                    self.driver_ended(id);
+                    self.upstream_ended(id);
                 }
             }
             Frame::Reset(reset) => {
@@ -588,9 +650,9 @@ where
                 let Some(call) = self.calls.get(&id) else {
                     return;
                 };
-                if call.driver_done || (reset.reason() == Reason::REFUSED_STREAM && !call.answered) {
-                    // The answer is complete and the driver stops reading the
-                    // request; or the driver refused the stream before doing
+                if call.upstream_done || (reset.reason() == Reason::REFUSED_STREAM && !call.answered) {
+                    // The answer is complete and the upstream stops reading the
+                    // request; or the upstream refused the stream before doing
                     // anything with it, which tells the client it may retry.
                     self.to_client.push_back(reset.into());
                     if let Some(mut call) = self.calls.remove(&id) {
@@ -598,19 +660,22 @@ where
                         call.finish("UNAVAILABLE");
                     }
                 } else {
-                    let why =
-                        format!("{}: stream broken: stream reset by the driver ({:?})", self.label, reset.reason());
+                    let why = format!("{}: stream broken: stream reset by the peer ({:?})", self.label, reset.reason());
                     self.end_call(id, BridgeStatus::new(Code::Unavailable, why), false);
                 }
             }
             Frame::Settings(mut settings) => {
+                if settings.is_ack() && self.acks_to_swallow > 0 {
+                    self.acks_to_swallow -= 1;
+                    return;
+                }
                 if !settings.is_ack() {
                     if let Some(size) = settings.header_table_size() {
-                        self.driver.set_send_header_table_size(size as usize);
+                        self.upstream.set_send_header_table_size(size as usize);
                         self.client.set_recv_header_table_size(size as usize);
                     }
                     if let Some(size) = settings.max_frame_size() {
-                        self.driver.set_max_send_frame_size(size as usize);
+                        self.upstream.set_max_send_frame_size(size as usize);
                         self.client.set_max_recv_frame_size(size as usize);
                     }
                     let streams = settings.max_concurrent_streams().unwrap_or(u32::MAX);
@@ -620,7 +685,11 @@ where
                 }
                 self.to_client.push_back(settings.into());
             }
-            Frame::Ping(ping) => self.to_client.push_back(ping.into()),
+            Frame::Ping(ping) => {
+                if !self.upstream_pings.as_mut().is_some_and(|p| p.answered(&ping)) {
+                    self.to_client.push_back(ping.into());
+                }
+            }
             Frame::WindowUpdate(update) => {
                 let id = update.stream_id();
                 if id.is_zero() || self.calls.contains_key(&id) {
@@ -628,7 +697,7 @@ where
                 }
             }
             Frame::GoAway(goaway) => {
-                tracing::info!(driver = %self.label, reason = ?goaway.reason(), "driver is going away; so is this client connection");
+                tracing::info!(peer = %self.label, reason = ?goaway.reason(), "next hop is going away; so is this client connection");
                 self.to_client.push_back(goaway.into());
             }
             Frame::Priority(_) | Frame::PushPromise(_) => {}
@@ -636,9 +705,9 @@ where
     }
 
     /// The driver ended stream `id`'s response.
-    fn driver_ended(&mut self, id: StreamId) {
+    fn upstream_ended(&mut self, id: StreamId) {
         if let Some(call) = self.calls.get_mut(&id) {
-            call.driver_done = true;
+            call.upstream_done = true;
             let code = call.status.as_ref().and_then(|v| v.to_str().ok()).map(status_name).unwrap_or("NONE");
             call.finish(code);
             if let Some(call) = self.calls.get(&id) {
@@ -652,7 +721,7 @@ where
     }
 
     fn forget_if_done(&mut self, id: StreamId) {
-        if self.calls.get(&id).is_some_and(|c| c.client_done && c.driver_done) {
+        if self.calls.get(&id).is_some_and(|c| c.client_done && c.upstream_done) {
             if let Some(call) = self.calls.remove(&id) {
                 self.unschedule(id, &call);
             }
@@ -669,13 +738,13 @@ where
     }
 
     /// Ends a forwarded call with `status` to the client (and a cancel to
-    /// the driver when `cancel_driver`); its later frames are dropped.
-    fn end_call(&mut self, id: StreamId, status: BridgeStatus, cancel_driver: bool) {
+    /// the upstream when `cancel_upstream`); its later frames are dropped.
+    fn end_call(&mut self, id: StreamId, status: BridgeStatus, cancel_upstream: bool) {
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
         self.unschedule(id, &call);
-        if !call.driver_done {
+        if !call.upstream_done {
             // The client has not had the whole answer: it ends with the status.
             let mut fields = status.to_header_map();
             let frame = if call.answered {
@@ -689,8 +758,8 @@ where
         if !call.client_done {
             self.to_client.push_back(Reset::new(id, Reason::NO_ERROR).into());
         }
-        if cancel_driver && !call.driver_done {
-            self.to_driver.push_back(Reset::new(id, Reason::CANCEL).into());
+        if cancel_upstream && !call.upstream_done {
+            self.to_upstream.push_back(Reset::new(id, Reason::CANCEL).into());
         }
         if !call.finished {
             call.finished = true;
@@ -718,7 +787,7 @@ where
         let mut head = HeaderMap::new();
         head.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         self.to_client.push_back(rebuilt(id, Pseudo::response(StatusCode::OK), head, false));
-        let message = crate::health::answer(!self.driver_lost);
+        let message = crate::health::answer(!self.upstream_lost);
         self.own_data += message.len() as u32;
         self.to_client.push_back(Data::new(id, message).into());
         let mut trailers = HeaderMap::new();
@@ -733,9 +802,9 @@ where
         }
     }
 
-    fn credit_driver(&mut self, len: usize) {
-        if len > 0 && !self.driver_lost {
-            self.to_driver.push_back(WindowUpdate::new(StreamId::zero(), len as u32).into());
+    fn credit_upstream(&mut self, len: usize) {
+        if len > 0 && !self.upstream_lost {
+            self.to_upstream.push_back(WindowUpdate::new(StreamId::zero(), len as u32).into());
         }
     }
 
@@ -769,13 +838,13 @@ where
     /// The driver connection broke: every call in flight ends with
     /// UNAVAILABLE naming it, and the client is told to go (its next
     /// connection dials the driver again).
-    fn lose_driver(&mut self, cause: &str) {
-        if self.driver_lost {
+    fn lose_upstream(&mut self, cause: &str) {
+        if self.upstream_lost {
             return;
         }
-        self.driver_lost = true;
-        self.to_driver.clear();
-        tracing::warn!(driver = %self.label, error = %cause, "driver connection lost");
+        self.upstream_lost = true;
+        self.to_upstream.clear();
+        tracing::warn!(peer = %self.label, error = %cause, "next hop connection lost");
         let ids: Vec<StreamId> = self.calls.keys().copied().collect();
         for id in ids {
             let why = format!("{}: stream broken: connection lost: {cause}", self.label);
@@ -809,6 +878,55 @@ where
         for call in self.calls.values_mut() {
             call.finish(code);
         }
+    }
+}
+
+/// The relay's own keepalive pings to one side. Their answers stop here;
+/// every other PING crosses. The payload is drawn at random per connection,
+/// so that two bridges in a row (a shim in front of a relay, each pinging
+/// its client) never take each other's answers for their own.
+struct Pinger {
+    every: Duration,
+    timeout: Duration,
+    payload: [u8; 8],
+    next: Instant,
+    sent: Option<Instant>,
+}
+
+impl Pinger {
+    fn new((every, timeout): (Duration, Duration), now: Instant) -> Pinger {
+        Pinger { every, timeout, payload: rand::random(), next: now + every, sent: None }
+    }
+
+    /// A ping to send now, if one is due; `Err(timeout)` when the last one
+    /// went unanswered that long.
+    fn due(&mut self, now: Instant) -> Result<Option<Ping>, Duration> {
+        match self.sent {
+            Some(sent) if now >= sent + self.timeout => Err(self.timeout),
+            None if now >= self.next => {
+                self.sent = Some(now);
+                Ok(Some(Ping::new(self.payload)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// When `due` has something to say next.
+    fn wake(&self) -> Instant {
+        match self.sent {
+            Some(sent) => sent + self.timeout,
+            None => self.next,
+        }
+    }
+
+    /// Whether `ping` answers ours (then it goes no further).
+    fn answered(&mut self, ping: &Ping) -> bool {
+        if self.sent.is_none() || !ping.is_ack() || *ping.payload() != self.payload {
+            return false;
+        }
+        self.sent = None;
+        self.next = Instant::now() + self.every;
+        true
     }
 }
 

@@ -93,6 +93,7 @@ struct Inner {
     /// Wakes a connect loop sleeping in backoff when a caller arrives after
     /// every earlier one gave up.
     kick: Notify,
+    answered_connections: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -132,6 +133,20 @@ impl Conn {
     fn is_closed(&self) -> bool {
         self.ended.get().is_some()
     }
+}
+
+/// A connection of a caller's own to the next hop (see [`Link::dial`]).
+pub struct Dialed {
+    pub io: crate::connect::BoxIo,
+    /// `:scheme` and `:authority` of requests sent on it.
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// e.g. `upstream relay.example:7443`.
+    pub label: Arc<str>,
+    /// Ping interval and timeout on it.
+    pub keepalive: Option<(Duration, Duration)>,
+    /// How long the peer has to answer the connection's opening.
+    pub answer_timeout: Duration,
 }
 
 /// The hop a response came from, for the messages of its body.
@@ -174,6 +189,7 @@ impl Link {
                 state: Mutex::new(State::default()),
                 changed: Notify::new(),
                 kick: Notify::new(),
+                answered_connections: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -185,13 +201,57 @@ impl Link {
         LinkStatus { connected_to, last_error: state.last_error.clone(), connects: state.connects }
     }
 
-    /// A connection of the caller's own to the first target, for a caller
-    /// that speaks HTTP/2 on it itself; with the target's `:authority` and
-    /// label.
-    pub async fn dial(&self) -> Result<(crate::connect::BoxIo, Authority, Arc<str>), String> {
-        let target = &self.inner.targets[0];
-        let io = target.connector.connect(self.inner.settings.connect_timeout).await.map_err(|e| e.to_string())?;
-        Ok((io, target.authority.clone(), self.inner.hops[0].clone()))
+    /// A connection of the caller's own to the next hop, for a caller that
+    /// speaks HTTP/2 on it itself: the targets are tried in order, the one
+    /// that last worked first. Fails at once while the link backs off from
+    /// peers that hung up on it.
+    pub async fn dial(&self) -> Result<Dialed, String> {
+        let start = {
+            let state = self.inner.lock();
+            if state.not_before.is_some_and(|at| at > Instant::now()) {
+                let why = state.last_error.clone().unwrap_or_default();
+                return Err(format!("backing off after connections that ended unanswered: {why}"));
+            }
+            state.preferred
+        };
+        let settings = &self.inner.settings;
+        let mut errors = Vec::new();
+        for offset in 0..self.inner.targets.len() {
+            let index = (start + offset) % self.inner.targets.len();
+            let target = &self.inner.targets[index];
+            match target.connector.connect(settings.connect_timeout).await {
+                Ok(io) => {
+                    return Ok(Dialed {
+                        io,
+                        scheme: target.scheme.clone(),
+                        authority: target.authority.clone(),
+                        label: self.inner.hops[index].clone(),
+                        keepalive: settings.keepalive_interval.map(|every| (every, settings.keepalive_timeout)),
+                        answer_timeout: settings.connect_timeout,
+                    })
+                }
+                Err(error) => errors.push(format!("{}: {error}", target.label)),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    /// A connection from [`Link::dial`] ended before its peer answered:
+    /// counted as the link's own would be, so the link and later dials
+    /// back off instead of redialling a peer that hangs up on us.
+    pub fn dial_failed(&self, why: String) {
+        let mut state = self.inner.lock();
+        state.last_error = Some(why);
+        state.strikes = state.strikes.saturating_add(1);
+        let pause = (self.inner.settings.backoff_initial * 2u32.saturating_pow(state.strikes.min(8)))
+            .min(self.inner.settings.backoff_max);
+        state.not_before = Some(Instant::now() + jitter(pause));
+    }
+
+    /// How many of the link's connections have answered a call: it grows
+    /// when the next hop is back after an outage.
+    pub fn answered_connections(&self) -> u64 {
+        self.inner.answered_connections.load(Ordering::Relaxed)
     }
 
     /// Labels of every target, in order.
@@ -259,6 +319,7 @@ impl Link {
             return match response.await {
                 Ok(response) => {
                     if !conn.answered.swap(true, Ordering::Relaxed) {
+                        self.inner.answered_connections.fetch_add(1, Ordering::Relaxed);
                         self.inner.lock().strikes = 0;
                     }
                     Ok((response, hop))

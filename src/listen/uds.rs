@@ -15,7 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use std::sync::Arc;
 
-use super::serve::{serve_connection, ConnectionLimit, ServerSettings};
+use super::serve::{ConnectionLimit, ServerSettings};
 use crate::forward::Forwarder;
 use crate::metrics::{Metrics, Refusal};
 use crate::policy::Caller;
@@ -155,12 +155,12 @@ pub async fn run(socket: PrivateSocket, forwarder: Forwarder, settings: ServerSe
                 continue;
             }
         };
-        let service = forwarder.for_caller(caller);
+        let forwarder = forwarder.clone();
         let settings = settings.clone();
         let task_shutdown = shutdown.clone();
         shutdown.tasks().spawn(async move {
             let _permit = permit;
-            serve_connection(stream, service, &settings, &task_shutdown, &peer).await;
+            crate::frames::serve(stream, forwarder, caller, &settings, &task_shutdown, &peer).await;
         });
     }
     drop(socket);
