@@ -62,6 +62,9 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// read makes at most three to send, so this bounds a connection's memory.
 const QUEUE_LIMIT: usize = 64;
 
+/// How long a graceful goodbye waits for the client's answer to its PING.
+const GOODBYE_GRACE: Duration = Duration::from_secs(1);
+
 /// A health check's request body, at most.
 const HEALTH_BODY_LIMIT: usize = 4096;
 
@@ -212,8 +215,16 @@ struct FrameRelay<C, D> {
     draining: Pin<Box<WaitForCancellationFutureOwned>>,
     stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     drain_seen: bool,
-    /// The driver connection is gone; nothing more is read or written there.
+    /// The next hop's connection is gone; nothing more is read or written there.
     upstream_lost: bool,
+    lost_cause: String,
+    /// A graceful goodbye under way: the PING payload that ends it, and
+    /// when it ends anyway.
+    goodbye: Option<([u8; 8], Instant)>,
+    /// The final GOAWAY went out.
+    said_goodbye: bool,
+    /// The last stream named in a GOAWAY to the client so far.
+    client_goaway: Option<StreamId>,
     /// Send what is queued for the client, then end.
     closing: bool,
     done: bool,
@@ -264,6 +275,10 @@ where
             stopping: Box::pin(shutdown.stopping().clone().cancelled_owned()),
             drain_seen: false,
             upstream_lost: false,
+            lost_cause: String::new(),
+            goodbye: None,
+            said_goodbye: false,
+            client_goaway: None,
             closing: false,
             done: false,
         }
@@ -281,7 +296,9 @@ where
                     busy |= self.read_upstream(cx);
                 }
             }
-            if !self.upstream_lost {
+            if self.upstream_lost {
+                self.to_upstream.clear();
+            } else {
                 match pump(&mut self.upstream, &mut self.to_upstream, cx) {
                     Ok((moved, _)) => busy |= moved,
                     Err(e) => {
@@ -370,11 +387,16 @@ where
                     }
                 }
             }
+            if self.goodbye.is_some_and(|(_, until)| until <= now) {
+                self.finish_goodbye();
+                busy = true;
+            }
             let upstream_pings = self.upstream_pings.as_ref().filter(|_| !self.upstream_lost);
             let wake = [
                 self.client_pings.as_ref().map(Pinger::wake),
                 upstream_pings.map(Pinger::wake),
                 self.deadlines.first().map(|&(at, _)| at),
+                self.goodbye.map(|(_, until)| until),
             ]
             .into_iter()
             .flatten()
@@ -427,7 +449,6 @@ where
                     }
                 }
                 Poll::Ready(Some(Err(h2::proto::Error::GoAway(_, reason, _)))) => {
-                    self.to_upstream.push_back(GoAway::new(StreamId::zero(), reason).into());
                     self.lose_upstream(&format!("protocol error ({reason:?})"));
                 }
                 Poll::Ready(Some(Err(h2::proto::Error::Io(kind, message)))) => {
@@ -467,7 +488,9 @@ where
                 self.to_upstream.push_back(settings.into());
             }
             Frame::Ping(ping) => {
-                if !self.client_pings.as_mut().is_some_and(|p| p.answered(&ping)) {
+                if ping.is_ack() && self.goodbye.is_some_and(|(payload, _)| *ping.payload() == payload) {
+                    self.finish_goodbye();
+                } else if !self.client_pings.as_mut().is_some_and(|p| p.answered(&ping)) {
                     self.to_upstream.push_back(ping.into());
                 }
             }
@@ -519,9 +542,14 @@ where
             ));
         }
         self.last_stream = id;
-        if self.drain_seen {
-            // Past the GOAWAY's last stream: the client takes it as refused.
+        if self.said_goodbye {
+            // Past the final GOAWAY's last stream: the client takes it as
+            // refused (never processed) and may send it elsewhere.
             return;
+        }
+        if self.upstream_lost {
+            let why = format!("{}: connection lost: {}", self.label, self.lost_cause);
+            return self.answer(id, &BridgeStatus::new(Code::Unavailable, why), end);
         }
         if headers.is_over_size() {
             let limit = self.header_list_limit;
@@ -549,6 +577,10 @@ where
             }
             Err(status) => return self.answer(id, &status, end),
         };
+        if self.drain_seen && admitted.streaming {
+            let status = BridgeStatus::new(Code::Unavailable, self.forwarder.shutting_down().to_string());
+            return self.answer(id, &status, end);
+        }
         strip_hop_by_hop(&mut fields);
         pseudo.authority = Some(self.authority.clone());
         pseudo.scheme = Some(self.scheme.clone());
@@ -578,7 +610,8 @@ where
             if data.is_padded() {
                 // Padding is not kept by h2's frame type, so the windows
                 // of the two ends would drift apart.
-                let status = BridgeStatus::new(Code::Internal, "relay: padded DATA frames are not supported");
+                let role = self.forwarder.role();
+                let status = BridgeStatus::new(Code::Internal, format!("{role}: padded DATA frames are not supported"));
                 return self.end_call(id, status, true);
             }
             call.client_done |= end;
@@ -698,7 +731,17 @@ where
             }
             Frame::GoAway(goaway) => {
                 tracing::info!(peer = %self.label, reason = ?goaway.reason(), "next hop is going away; so is this client connection");
-                self.to_client.push_back(goaway.into());
+                // Streams past the last one named were not processed: the
+                // client takes them as refused, so they end here unanswered.
+                let last = goaway.last_stream_id();
+                let refused: Vec<StreamId> = self.calls.keys().filter(|id| **id > last).copied().collect();
+                for id in refused {
+                    if let Some(mut call) = self.calls.remove(&id) {
+                        self.unschedule(id, &call);
+                        call.finish("UNAVAILABLE");
+                    }
+                }
+                self.goaway_to_client(last, goaway.reason(), goaway.debug_data().clone());
             }
             Frame::Priority(_) | Frame::PushPromise(_) => {}
         }
@@ -726,9 +769,7 @@ where
                 self.unschedule(id, &call);
             }
         }
-        if self.drain_seen && self.calls.is_empty() && self.health.is_empty() {
-            self.closing = true;
-        }
+        self.maybe_close();
     }
 
     fn unschedule(&mut self, id: StreamId, call: &Call) {
@@ -765,9 +806,7 @@ where
             call.finished = true;
             call.log.finished_with(&status);
         }
-        if self.drain_seen && self.calls.is_empty() && self.health.is_empty() {
-            self.closing = true;
-        }
+        self.maybe_close();
     }
 
     /// A Trailers-Only answer of the relay's own to a stream never forwarded.
@@ -816,15 +855,16 @@ where
                     self.last_stream = id;
                 }
                 if self.calls.contains_key(&id) {
+                    let role = self.forwarder.role();
                     let status =
-                        BridgeStatus::new(Code::Internal, format!("relay: malformed request frame ({reason:?})"));
+                        BridgeStatus::new(Code::Internal, format!("{role}: malformed request frame ({reason:?})"));
                     self.end_call(id, status, true);
                 }
                 self.to_client.push_back(Reset::new(id, reason).into());
             }
             h2::proto::Error::GoAway(debug, reason, _) => {
                 tracing::warn!(client = %self.caller, ?reason, "client broke the HTTP/2 protocol; connection closed");
-                self.to_client.push_back(GoAway::with_debug_data(self.last_stream, reason, debug).into());
+                self.goaway_to_client(self.last_stream, reason, debug);
                 self.finish_all("CANCELLED");
                 self.closing = true;
             }
@@ -855,20 +895,57 @@ where
             self.health.remove(&id);
             self.answer_health(id, &[]);
         }
-        self.to_client.push_back(GoAway::new(self.last_stream, Reason::NO_ERROR).into());
-        self.closing = true;
+        self.lost_cause = cause.to_owned();
+        self.begin_goodbye();
+        self.maybe_close();
     }
 
     /// Draining: no new calls (GOAWAY), watches end now, other calls may
     /// finish until the bridge stops.
     fn begin_drain(&mut self) {
-        self.to_client.push_back(GoAway::new(self.last_stream, Reason::NO_ERROR).into());
+        self.begin_goodbye();
         let watches: Vec<StreamId> = self.calls.iter().filter(|(_, c)| c.streaming).map(|(id, _)| *id).collect();
         for id in watches {
             let status = BridgeStatus::new(Code::Unavailable, self.forwarder.shutting_down().to_string());
             self.end_call(id, status, true);
         }
-        if self.calls.is_empty() && self.health.is_empty() {
+        self.maybe_close();
+    }
+
+    /// Tells the client to open no more streams here, the way a graceful
+    /// HTTP/2 server does: a GOAWAY naming no stream yet, and a PING. Streams
+    /// the client sent before it saw the GOAWAY still arrive and get an
+    /// answer (a status, never a refusal without one); when the PING comes
+    /// back, everything sent before it has arrived, and the final GOAWAY
+    /// names the last stream.
+    fn begin_goodbye(&mut self) {
+        if self.goodbye.is_some() || self.said_goodbye {
+            return;
+        }
+        let payload = rand::random();
+        self.goaway_to_client(StreamId::MAX, Reason::NO_ERROR, Bytes::new());
+        self.to_client.push_back(Ping::new(payload).into());
+        self.goodbye = Some((payload, Instant::now() + GOODBYE_GRACE));
+    }
+
+    fn finish_goodbye(&mut self) {
+        self.goodbye = None;
+        self.said_goodbye = true;
+        self.goaway_to_client(self.last_stream, Reason::NO_ERROR, Bytes::new());
+        self.maybe_close();
+    }
+
+    /// A GOAWAY to the client; never naming a later stream than one sent
+    /// before (the client would take that as a protocol error).
+    fn goaway_to_client(&mut self, last: StreamId, reason: Reason, debug: Bytes) {
+        let last = self.client_goaway.map_or(last, |sent| sent.min(last));
+        self.client_goaway = Some(last);
+        self.to_client.push_back(GoAway::with_debug_data(last, reason, debug).into());
+    }
+
+    /// After the final GOAWAY, the connection ends when its calls have.
+    fn maybe_close(&mut self) {
+        if self.said_goodbye && self.calls.is_empty() && self.health.is_empty() {
             self.closing = true;
         }
     }

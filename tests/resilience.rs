@@ -696,3 +696,62 @@ async fn a_connection_made_while_the_driver_was_down_is_retired_once_it_is_back(
     assert_eq!(rig.proxy.connections(), 2, "the new connection was retired too");
     assert_eq!(driver.calls("GetCapabilities"), calls + 22);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_silent_under_a_watch_is_cut_off_and_its_watch_cancelled_at_the_driver() {
+    // A shim host that vanishes (power cut, blackholed route) leaves its TCP
+    // connection open on the relay; the relay's pings find it silent, and
+    // the driver must not keep serving its watch forever.
+    use h2::frame::{Data, Headers, Pseudo, Settings};
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Chain::start_with(
+        dir,
+        |relay| {
+            relay.settings.server.keepalive_interval = Some(Duration::from_millis(300));
+            relay.settings.server.keepalive_timeout = Duration::from_millis(300);
+        },
+        |_| {},
+    )
+    .await;
+    let driver = DemoDriver::new();
+    openshell_driver_bridge::demo::serve(&chain.driver_socket, driver.clone(), chain.shutdown.clone()).unwrap();
+
+    // An HTTP/2 client spoken frame by frame over mutual TLS: it opens a
+    // watch, then never reads or answers again.
+    let config = openshell_driver_bridge::tls::config::client_config(&chain.pki.client_tls(), &[]).unwrap();
+    let connector = openshell_driver_bridge::connect::tls::TlsConnector {
+        address: chain.relay.local_addr.to_string(),
+        server_name: rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+        config: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(config)),
+    };
+    let mut io = connector.connect().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut io, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    let mut codec: h2::Codec<_, Bytes> = h2::Codec::new(io);
+    let id = h2::frame::StreamId::from(1);
+    let uri: http::Uri = "https://localhost/openshell.compute.v1.ComputeDriver/WatchSandboxes".parse().unwrap();
+    let mut fields = http::HeaderMap::new();
+    fields.insert("content-type", "application/grpc".parse().unwrap());
+    fields.insert("te", "trailers".parse().unwrap());
+    let mut data = Data::new(id, grpc_frame(b""));
+    data.set_end_stream(true);
+    let frames: Vec<h2::frame::Frame> = vec![
+        Settings::default().into(),
+        Headers::new(id, Pseudo::request(http::Method::POST, uri, None), fields).into(),
+        data.into(),
+    ];
+    for frame in frames {
+        std::future::poll_fn(|cx| codec.poll_ready(cx)).await.unwrap();
+        codec.buffer(frame).unwrap();
+    }
+    std::future::poll_fn(|cx| codec.flush(cx)).await.unwrap();
+
+    assert!(eventually(Duration::from_secs(3), || driver.watchers() == 1).await, "the watch never reached the driver");
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || driver.watchers() == 0).await,
+        "the silent client's watch is still open at the driver"
+    );
+    // Ping every 300 ms, unanswered for 300 ms: gone well within 2 s.
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    drop(codec);
+}

@@ -32,6 +32,8 @@ const CALL_BOUND: Duration = Duration::from_secs(30);
 #[derive(Default)]
 struct Tally {
     outcomes: Mutex<BTreeMap<(&'static str, String), u64>>,
+    /// The first message seen with each status code other than OK.
+    samples: Mutex<BTreeMap<String, String>>,
     started: AtomicU64,
     finished: AtomicU64,
     hung: AtomicU64,
@@ -46,6 +48,9 @@ impl Tally {
             Ok(()) => "OK".to_owned(),
             Err(status) => format!("{:?}", status.code()),
         };
+        if let Err(status) = &outcome {
+            self.samples.lock().unwrap().entry(code.clone()).or_insert_with(|| status.message().to_owned());
+        }
         *self.outcomes.lock().unwrap().entry((method, code)).or_insert(0) += 1;
         self.finished.fetch_add(1, Ordering::Relaxed);
     }
@@ -232,12 +237,26 @@ async fn soak_mixed_calls_under_link_faults() {
     for ((method, code), n) in tally.outcomes.lock().unwrap().iter() {
         println!("  {method:<22} {code:<18} {n}");
     }
+    for (code, message) in tally.samples.lock().unwrap().iter() {
+        println!("  first {code}: {message}");
+    }
     println!("watch events delivered {}", events.load(Ordering::Relaxed));
     println!(
         "creates: issued {issued}, OK {ok}, seen by the driver {at_driver}, ALREADY_EXISTS (duplicates) {duplicates}"
     );
 
     assert_eq!(hung, 0, "calls without a final status");
+    // Trouble surfaces as a status of the bridge's naming the hop, never as
+    // a reset or a torn connection the gateway's stack has to describe.
+    let torn: Vec<String> = tally
+        .outcomes
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|(_, code)| matches!(code.as_str(), "Unknown" | "Internal" | "Cancelled"))
+        .map(|(method, code)| format!("{method} {code}"))
+        .collect();
+    assert!(torn.is_empty(), "calls ended without a status of the bridge's: {torn:?}");
     assert_eq!(started_calls, finished + hung, "a call was counted twice or lost");
     assert_eq!(duplicates, 0, "the driver saw a Create twice");
     assert!(at_driver <= issued, "the driver saw more Creates ({at_driver}) than were issued ({issued})");
