@@ -85,6 +85,7 @@ pub async fn serve<I: Io>(
         Ok(opened) => opened,
         Err(why) => {
             tracing::info!(peer, error = %why, "next hop unreachable as the client connected; this connection's calls wait for it");
+            let _serving = forwarder.metrics().serving(false);
             let answered = link.answered_connections();
             let retire = async move {
                 // A connection of the link answering means the hop is back.
@@ -99,6 +100,7 @@ pub async fn serve<I: Io>(
     if io.read_exact(&mut preface).await.is_err() {
         return;
     }
+    let _serving = forwarder.metrics().serving(true);
     let mut relay = FrameRelay::new(io, upstream, forwarder, Arc::new(caller), hop, settings, shutdown);
     relay.on_upstream_frame(Frame::Settings(first));
     std::future::poll_fn(|cx| relay.poll_run(cx)).await;
@@ -307,6 +309,10 @@ where
                     }
                 }
             }
+            if self.upstream_lost && !self.said_goodbye && !self.closing && !self.done {
+                self.say_goodbye_after_loss(cx);
+                busy = true;
+            }
             match pump(&mut self.client, &mut self.to_client, cx) {
                 Ok((moved, flushed)) => {
                     busy |= moved;
@@ -426,7 +432,7 @@ where
                 Poll::Ready(Some(Ok(frame))) => self.on_client_frame(frame),
                 Poll::Ready(Some(Err(error))) => self.client_error(error),
                 Poll::Ready(None) => {
-                    self.finish_all("CANCELLED");
+                    self.finish_all("NONE");
                     self.done = true;
                 }
             }
@@ -470,7 +476,7 @@ where
                 self.health.remove(&id);
                 if let Some(mut call) = self.calls.remove(&id) {
                     self.unschedule(id, &call);
-                    call.finish("CANCELLED");
+                    call.finish("NONE");
                     self.to_upstream.push_back(reset.into());
                 }
             }
@@ -865,11 +871,11 @@ where
             h2::proto::Error::GoAway(debug, reason, _) => {
                 tracing::warn!(client = %self.caller, ?reason, "client broke the HTTP/2 protocol; connection closed");
                 self.goaway_to_client(self.last_stream, reason, debug);
-                self.finish_all("CANCELLED");
+                self.finish_all("NONE");
                 self.closing = true;
             }
             h2::proto::Error::Io(..) => {
-                self.finish_all("CANCELLED");
+                self.finish_all("NONE");
                 self.done = true;
             }
         }
@@ -896,8 +902,23 @@ where
             self.answer_health(id, &[]);
         }
         self.lost_cause = cause.to_owned();
-        self.begin_goodbye();
-        self.maybe_close();
+    }
+
+    /// After the next hop is lost: no graceful goodbye, since a client stack
+    /// that has heard a GOAWAY fails the calls it starts next on that
+    /// connection (tonic does) until the connection closes. So what the
+    /// client has sent is read and answered UNAVAILABLE, and the final
+    /// GOAWAY goes out ahead of those answers, with the connection closing
+    /// right behind them: by the time the client sees its calls fail, it
+    /// knows the connection is gone and its next call reconnects.
+    fn say_goodbye_after_loss(&mut self, cx: &mut Context<'_>) {
+        self.read_client(cx);
+        self.goodbye = None;
+        self.said_goodbye = true;
+        let last = self.client_goaway.map_or(self.last_stream, |sent| sent.min(self.last_stream));
+        self.client_goaway = Some(last);
+        self.to_client.push_front(GoAway::new(last, Reason::NO_ERROR).into());
+        self.closing = true;
     }
 
     /// Draining: no new calls (GOAWAY), watches end now, other calls may
@@ -1046,7 +1067,7 @@ fn pump<T: AsyncRead + AsyncWrite + Unpin>(
 impl<C, D> Drop for FrameRelay<C, D> {
     fn drop(&mut self) {
         for call in self.calls.values_mut() {
-            call.finish("CANCELLED");
+            call.finish("NONE");
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::link::Link;
@@ -71,6 +71,15 @@ impl Histogram {
     }
 }
 
+/// Counts a client connection while it is served.
+pub struct Serving(Arc<Metrics>, usize);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.connections[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The counters of one role.
 pub struct Metrics {
     role: &'static str,
@@ -78,6 +87,8 @@ pub struct Metrics {
     /// call, looked up by `&str` without allocating.
     methods: Mutex<HashMap<String, MethodStats>>,
     in_flight: AtomicI64,
+    /// Client connections being served: on the direct path, on the waiting path.
+    connections: [AtomicI64; 2],
     response_bytes: AtomicU64,
     refused: Mutex<BTreeMap<Refusal, u64>>,
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
@@ -90,11 +101,25 @@ impl Metrics {
             role,
             methods: Mutex::default(),
             in_flight: AtomicI64::new(0),
+            connections: [AtomicI64::new(0), AtomicI64::new(0)],
             response_bytes: AtomicU64::new(0),
             refused: Mutex::default(),
             handshake_failures: Mutex::default(),
             certificates: Mutex::default(),
         }
+    }
+
+    /// A client connection is served on the direct path (`direct`) or the
+    /// waiting path, for as long as the returned guard lives.
+    pub fn serving(self: &Arc<Self>, direct: bool) -> Serving {
+        let slot = usize::from(!direct);
+        self.connections[slot].fetch_add(1, Ordering::Relaxed);
+        Serving(self.clone(), slot)
+    }
+
+    /// Client connections now served on the direct path and the waiting path.
+    pub fn connections(&self) -> (i64, i64) {
+        (self.connections[0].load(Ordering::Relaxed), self.connections[1].load(Ordering::Relaxed))
     }
 
     pub fn call_started(&self) {
@@ -212,8 +237,22 @@ impl Metrics {
                 "openshell_bridge_tls_handshake_failures_total{{role=\"{role}\",reason=\"{reason}\"}} {n}"
             );
         }
+        header(
+            out,
+            "openshell_bridge_client_connections",
+            "gauge",
+            "Client connections being served, by path: direct (frames onto a next-hop connection of their own) or waiting (made while the next hop was unreachable; calls wait for the link).",
+        );
+        let (direct, waiting) = self.connections();
+        let _ = writeln!(out, "openshell_bridge_client_connections{{role=\"{role}\",path=\"direct\"}} {direct}");
+        let _ = writeln!(out, "openshell_bridge_client_connections{{role=\"{role}\",path=\"waiting\"}} {waiting}");
         let status = link.status();
-        header(out, "openshell_bridge_link_up", "gauge", "1 while the link to the next hop is connected.");
+        header(
+            out,
+            "openshell_bridge_link_up",
+            "gauge",
+            "1 while the waiting path's link to the next hop is connected (readiness probes use it too).",
+        );
         let _ = writeln!(
             out,
             "openshell_bridge_link_up{{role=\"{role}\",peer=\"{}\"}} {}",

@@ -76,6 +76,9 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
         "openshell_bridge_open_calls{role=\"shim\"} 1",
         "openshell_bridge_refused_total{role=\"shim\",reason=\"path\"} 1",
         "openshell_bridge_link_connects_total{role=\"shim\"} 1",
+        // The gateway's connection, on the direct path.
+        "openshell_bridge_client_connections{role=\"shim\",path=\"direct\"} 1",
+        "openshell_bridge_client_connections{role=\"shim\",path=\"waiting\"} 0",
         "# TYPE openshell_bridge_call_duration_seconds histogram",
     ] {
         assert!(metrics.contains(expected), "missing {expected:?} in:\n{metrics}");
@@ -91,6 +94,12 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
         "{relay_metrics}"
     );
     assert!(relay_metrics.contains("openshell_bridge_response_bytes_total{role=\"relay\"}"), "{relay_metrics}");
+    // The shim's link (opened by its readiness probe) and the gateway's own
+    // connection through the shim, both direct.
+    assert!(
+        relay_metrics.contains("openshell_bridge_client_connections{role=\"relay\",path=\"direct\"} 2"),
+        "{relay_metrics}"
+    );
     assert_eq!(get(shim_admin, "/nothing").await.0, 404);
 }
 
