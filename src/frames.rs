@@ -27,9 +27,16 @@
 //! calls wait for the hop (bounded), are retried on another target when
 //! never sent, and so on. That connection is retired (GOAWAY, calls in
 //! flight finish) once the link has a connection that answers, so the
-//! client's next connection comes here. When the next hop is lost under
-//! the direct path, calls in flight end UNAVAILABLE and the client gets a
-//! GOAWAY; its next connection dials again.
+//! client's next connection comes here.
+//!
+//! When the next hop is lost under the direct path, the calls it carried
+//! end UNAVAILABLE and a new connection is dialled under the same client
+//! connection (a client stack that has heard a GOAWAY fails the calls it
+//! starts next, so the client is never sent away for this). Calls made
+//! meanwhile wait for it, bounded as on the waiting path, and go out in
+//! order once it answers. The new connection learns the client's settings
+//! and receive window; where the two ends' connection windows then differ,
+//! frames wait in the bridge until the receiver has room.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -161,16 +168,19 @@ async fn open_upstream(link: &Link) -> Result<(Codec<BoxIo, Bytes>, frame::Setti
     Ok((codec, settings, hop))
 }
 
-/// A call the relay forwards.
+/// A call the bridge forwards.
 struct Call {
     log: CallLog,
     streaming: bool,
     deadline: Option<(Instant, Duration)>,
-    /// The driver's response HEADERS went to the client.
+    /// Frames of a call that waits for the next hop's connection (its
+    /// HEADERS first); `None` once it was sent.
+    waiting: Option<Vec<Frame>>,
+    /// The upstream's response HEADERS went to the client.
     answered: bool,
     /// The client ended its request (END_STREAM seen).
     client_done: bool,
-    /// The driver ended its response.
+    /// The upstream ended its response.
     upstream_done: bool,
     /// Recorded in the metrics and the log.
     finished: bool,
@@ -187,39 +197,81 @@ impl Call {
     }
 }
 
-struct FrameRelay<C, D> {
+/// What `open_upstream` yields.
+type Opened = (Codec<BoxIo, Bytes>, frame::Settings, Hop);
+
+/// The next hop's connection.
+enum Upstream {
+    /// Frames cross.
+    Up(Codec<BoxIo, Bytes>),
+    /// It sent a GOAWAY: the calls it has may finish until the instant
+    /// (watches end at once); new calls wait for the next connection.
+    Going(Codec<BoxIo, Bytes>, Instant),
+    /// Gone: the next connection is being dialled.
+    Down(Pin<Box<dyn Future<Output = Opened> + Send>>),
+}
+
+/// The window every HTTP/2 connection starts with.
+const INITIAL_WINDOW: i64 = 65_535;
+
+/// How long the calls of an upstream that sent a GOAWAY may take to finish
+/// before they are cut and the connection is replaced.
+const GOING_GRACE: Duration = Duration::from_secs(5);
+
+struct FrameRelay<C> {
     client: Codec<C, Bytes>,
-    upstream: Codec<D, Bytes>,
+    upstream: Upstream,
     to_client: VecDeque<Frame>,
     to_upstream: VecDeque<Frame>,
     calls: HashMap<StreamId, Call>,
+    /// Calls waiting for the next hop's connection, in arrival order, and
+    /// until when each may wait.
+    waiting: VecDeque<StreamId>,
+    wait_until: BTreeSet<(Instant, u32)>,
     /// Health checks being read: their request bodies so far.
     health: HashMap<StreamId, BytesMut>,
     deadlines: BTreeSet<(Instant, u32)>,
     timer: Pin<Box<Sleep>>,
     /// Highest stream the client opened.
     last_stream: StreamId,
-    /// DATA bytes the relay sent the client of its own: the client's
-    /// WINDOW_UPDATEs for them are not passed upstream.
-    own_data: u32,
+    // Connection-level flow control. Normally the two ends' windows match
+    // and frames cross as they come; after a reconnect they may not, and
+    // the bridge then holds frames until the receiving side has room.
+    /// What the client may still send us, as the client counts it.
+    client_send: i64,
+    /// What we may still send the client.
+    client_recv: i64,
+    /// What we may still send the upstream.
+    up_send: i64,
+    /// What the upstream may still send us, as it counts it.
+    up_recv: i64,
+    /// Frames for the upstream behind a DATA frame its window cannot take
+    /// yet (in order), and their DATA bytes.
+    held_up: VecDeque<Frame>,
+    held_up_bytes: i64,
+    /// The same toward the client.
+    held_down: VecDeque<Frame>,
+    held_down_bytes: i64,
+    /// The client's SETTINGS so far, for the next hop's next connection.
+    client_settings: frame::Settings,
     forwarder: Forwarder,
+    link: Link,
     caller: Arc<Caller>,
     authority: BytesStr,
     scheme: BytesStr,
     label: Arc<str>,
+    /// Why the last connection attempt failed (shared with the dialler).
+    dial_error: Arc<std::sync::Mutex<String>>,
     max_streams: usize,
     header_list_limit: u32,
     client_pings: Option<Pinger>,
     upstream_pings: Option<Pinger>,
-    /// SETTINGS acknowledgements of the upstream's that answer the relay's
-    /// own SETTINGS (sent when it opened the connection), not the client's.
+    /// SETTINGS acknowledgements of the upstream's that answer the bridge's
+    /// own SETTINGS, not the client's.
     acks_to_swallow: u32,
     draining: Pin<Box<WaitForCancellationFutureOwned>>,
     stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     drain_seen: bool,
-    /// The next hop's connection is gone; nothing more is read or written there.
-    upstream_lost: bool,
-    lost_cause: String,
     /// A graceful goodbye under way: the PING payload that ends it, and
     /// when it ends anyway.
     goodbye: Option<([u8; 8], Instant)>,
@@ -232,15 +284,14 @@ struct FrameRelay<C, D> {
     done: bool,
 }
 
-impl<C, D> FrameRelay<C, D>
+impl<C> FrameRelay<C>
 where
     C: AsyncRead + AsyncWrite + Unpin,
-    D: AsyncRead + AsyncWrite + Unpin,
 {
     #[allow(clippy::too_many_arguments)]
     fn new(
         client: C,
-        mut upstream: Codec<D, Bytes>,
+        upstream: Codec<BoxIo, Bytes>,
         forwarder: Forwarder,
         caller: Arc<Caller>,
         hop: Hop,
@@ -249,41 +300,84 @@ where
     ) -> Self {
         let mut client = Codec::new(client);
         client.set_max_recv_header_list_size(settings.max_header_list_size as usize);
-        upstream.set_max_recv_header_list_size(settings.max_header_list_size as usize);
         let now = Instant::now();
         let client_keepalive = settings.keepalive_interval.map(|every| (every, settings.keepalive_timeout));
-        FrameRelay {
+        let link = forwarder.link().clone();
+        let mut relay = FrameRelay {
             client,
-            upstream,
+            upstream: Upstream::Up(upstream),
             to_client: VecDeque::new(),
             to_upstream: VecDeque::new(),
             calls: HashMap::new(),
+            waiting: VecDeque::new(),
+            wait_until: BTreeSet::new(),
             health: HashMap::new(),
             deadlines: BTreeSet::new(),
             timer: Box::pin(tokio::time::sleep_until(now + Duration::from_secs(3600))),
             last_stream: StreamId::zero(),
-            own_data: 0,
+            client_send: INITIAL_WINDOW,
+            client_recv: INITIAL_WINDOW,
+            up_send: INITIAL_WINDOW,
+            up_recv: INITIAL_WINDOW,
+            held_up: VecDeque::new(),
+            held_up_bytes: 0,
+            held_down: VecDeque::new(),
+            held_down_bytes: 0,
+            client_settings: frame::Settings::default(),
             forwarder,
+            link,
             caller,
-            authority: hop.authority,
-            scheme: hop.scheme,
-            label: hop.label,
+            authority: hop.authority.clone(),
+            scheme: hop.scheme.clone(),
+            label: hop.label.clone(),
+            dial_error: Arc::default(),
             max_streams: settings.max_concurrent_streams as usize,
             header_list_limit: settings.max_header_list_size,
             client_pings: client_keepalive.map(|k| Pinger::new(k, now)),
-            upstream_pings: hop.keepalive.map(|k| Pinger::new(k, now)),
-            acks_to_swallow: 1,
+            upstream_pings: None,
+            acks_to_swallow: 0,
             draining: Box::pin(shutdown.draining().clone().cancelled_owned()),
             stopping: Box::pin(shutdown.stopping().clone().cancelled_owned()),
             drain_seen: false,
-            upstream_lost: false,
-            lost_cause: String::new(),
             goodbye: None,
             said_goodbye: false,
             client_goaway: None,
             closing: false,
             done: false,
+        };
+        relay.adopt(hop);
+        relay
+    }
+
+    /// Takes on a freshly opened connection's hop: its names, its pings,
+    /// and the acknowledgement of the bridge's own opening SETTINGS.
+    fn adopt(&mut self, hop: Hop) {
+        self.authority = hop.authority;
+        self.scheme = hop.scheme;
+        self.label = hop.label;
+        self.upstream_pings = hop.keepalive.map(|k| Pinger::new(k, Instant::now()));
+        self.acks_to_swallow = 1;
+        self.up_send = INITIAL_WINDOW;
+        self.up_recv = INITIAL_WINDOW;
+        let limit = self.header_list_limit as usize;
+        if let Some(codec) = self.codec() {
+            codec.set_max_recv_header_list_size(limit);
         }
+    }
+
+    fn codec(&mut self) -> Option<&mut Codec<BoxIo, Bytes>> {
+        match &mut self.upstream {
+            Upstream::Up(codec) | Upstream::Going(codec, _) => Some(codec),
+            Upstream::Down(_) => None,
+        }
+    }
+
+    fn is_up(&self) -> bool {
+        matches!(self.upstream, Upstream::Up(_))
+    }
+
+    fn is_down(&self) -> bool {
+        matches!(self.upstream, Upstream::Down(_))
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -294,24 +388,21 @@ where
             }
             if !self.closing {
                 busy |= self.read_client(cx);
-                if !self.upstream_lost && !self.closing {
-                    busy |= self.read_upstream(cx);
-                }
+                busy |= self.read_upstream(cx);
             }
-            if self.upstream_lost {
-                self.to_upstream.clear();
-            } else {
-                match pump(&mut self.upstream, &mut self.to_upstream, cx) {
+            if let Some(codec) = match &mut self.upstream {
+                Upstream::Up(codec) | Upstream::Going(codec, _) => Some(codec),
+                Upstream::Down(_) => None,
+            } {
+                match pump(codec, &mut self.to_upstream, cx) {
                     Ok((moved, _)) => busy |= moved,
                     Err(e) => {
                         self.lose_upstream(&crate::connect::describe_io_error(&e));
                         busy = true;
                     }
                 }
-            }
-            if self.upstream_lost && !self.said_goodbye && !self.closing && !self.done {
-                self.say_goodbye_after_loss(cx);
-                busy = true;
+            } else {
+                self.to_upstream.clear();
             }
             match pump(&mut self.client, &mut self.to_client, cx) {
                 Ok((moved, flushed)) => {
@@ -328,7 +419,7 @@ where
         }
     }
 
-    /// Draining, stopping, deadlines and keepalive. `true` when something
+    /// Draining, stopping, timers and the dialler. `true` when something
     /// happened (and the loop should go round again).
     fn poll_signals(&mut self, cx: &mut Context<'_>) -> bool {
         let mut busy = false;
@@ -341,6 +432,12 @@ where
             self.drain_seen = true;
             self.begin_drain();
             busy = true;
+        }
+        if let Upstream::Down(dialling) = &mut self.upstream {
+            if let Poll::Ready((codec, settings, hop)) = dialling.as_mut().poll(cx) {
+                self.resume(codec, settings, hop);
+                busy = true;
+            }
         }
         loop {
             let now = Instant::now();
@@ -358,6 +455,28 @@ where
                         self.label
                     );
                     self.end_call(id, BridgeStatus::new(Code::DeadlineExceeded, message), true);
+                    busy = true;
+                }
+            }
+            while let Some(&(at, id)) = self.wait_until.first() {
+                if at > now {
+                    break;
+                }
+                self.wait_until.pop_first();
+                let id = StreamId::from(id);
+                if self.calls.get(&id).is_some_and(|c| c.waiting.is_some()) {
+                    let wait = self.link.settings().connect_wait.as_millis();
+                    let cause = self.dial_error.lock().map(|e| e.clone()).unwrap_or_default();
+                    let why = format!("{} unreachable after waiting {wait} ms: {cause}", self.label);
+                    self.end_call(id, BridgeStatus::new(Code::Unavailable, why), false);
+                    busy = true;
+                }
+            }
+            if let Upstream::Going(_, until) = &self.upstream {
+                let until = *until;
+                let open = self.calls.values().any(|c| c.waiting.is_none());
+                if !open || until <= now {
+                    self.replace_upstream("it is going away");
                     busy = true;
                 }
             }
@@ -380,16 +499,18 @@ where
                     }
                 }
             }
-            if let Some(pinger) = self.upstream_pings.as_mut().filter(|_| !self.upstream_lost) {
-                match pinger.due(now) {
-                    Ok(Some(ping)) => {
-                        self.to_upstream.push_back(ping.into());
-                        busy = true;
-                    }
-                    Ok(None) => {}
-                    Err(timeout) => {
-                        self.lose_upstream(&format!("keepalive ping unanswered for {} ms", timeout.as_millis()));
-                        busy = true;
+            if !self.is_down() {
+                if let Some(pinger) = &mut self.upstream_pings {
+                    match pinger.due(now) {
+                        Ok(Some(ping)) => {
+                            self.to_upstream.push_back(ping.into());
+                            busy = true;
+                        }
+                        Ok(None) => {}
+                        Err(timeout) => {
+                            self.lose_upstream(&format!("keepalive ping unanswered for {} ms", timeout.as_millis()));
+                            busy = true;
+                        }
                     }
                 }
             }
@@ -397,12 +518,18 @@ where
                 self.finish_goodbye();
                 busy = true;
             }
-            let upstream_pings = self.upstream_pings.as_ref().filter(|_| !self.upstream_lost);
+            let upstream_pings = self.upstream_pings.as_ref().filter(|_| !self.is_down());
+            let going = match &self.upstream {
+                Upstream::Going(_, until) => Some(*until),
+                _ => None,
+            };
             let wake = [
                 self.client_pings.as_ref().map(Pinger::wake),
                 upstream_pings.map(Pinger::wake),
                 self.deadlines.first().map(|&(at, _)| at),
+                self.wait_until.first().map(|&(at, _)| at),
                 self.goodbye.map(|(_, until)| until),
+                going,
             ]
             .into_iter()
             .flatten()
@@ -443,14 +570,17 @@ where
 
     fn read_upstream(&mut self, cx: &mut Context<'_>) -> bool {
         let mut busy = false;
-        while self.room() && !self.upstream_lost && !self.closing && !self.done {
-            match Pin::new(&mut self.upstream).poll_next(cx) {
+        while self.room() && !self.closing && !self.done {
+            let Some(codec) = self.codec() else {
+                break;
+            };
+            match Pin::new(codec).poll_next(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Some(Ok(frame))) => self.on_upstream_frame(frame),
                 Poll::Ready(Some(Err(h2::proto::Error::Reset(id, reason, _)))) => {
-                    // A header block of the upstream's the relay could not take.
+                    // A header block of the upstream's the bridge could not take.
                     if self.calls.contains_key(&id) {
-                        let why = format!("{}: sent an answer the relay cannot read ({reason:?})", self.label);
+                        let why = format!("{}: sent an answer the bridge cannot read ({reason:?})", self.label);
                         self.end_call(id, BridgeStatus::new(Code::Internal, why), true);
                     }
                 }
@@ -475,53 +605,78 @@ where
                 let id = reset.stream_id();
                 self.health.remove(&id);
                 if let Some(mut call) = self.calls.remove(&id) {
-                    self.unschedule(id, &call);
+                    self.forget(id, &call);
                     call.finish("NONE");
-                    self.to_upstream.push_back(reset.into());
+                    if call.waiting.is_none() {
+                        self.send_upstream(reset.into());
+                    }
                 }
             }
             Frame::Settings(settings) => {
-                if !settings.is_ack() {
-                    if let Some(size) = settings.header_table_size() {
-                        self.client.set_send_header_table_size(size as usize);
-                        self.upstream.set_recv_header_table_size(size as usize);
+                if settings.is_ack() {
+                    // Acknowledges the upstream's SETTINGS, which died with
+                    // a lost connection.
+                    if !self.is_down() {
+                        self.to_upstream.push_back(settings.into());
                     }
-                    if let Some(size) = settings.max_frame_size() {
-                        self.client.set_max_send_frame_size(size as usize);
-                        self.upstream.set_max_recv_frame_size(size as usize);
-                    }
+                    return;
                 }
-                self.to_upstream.push_back(settings.into());
+                if let Some(size) = settings.header_table_size() {
+                    self.client.set_send_header_table_size(size as usize);
+                }
+                if let Some(size) = settings.max_frame_size() {
+                    self.client.set_max_send_frame_size(size as usize);
+                }
+                merge_settings(&mut self.client_settings, &settings);
+                if self.is_down() {
+                    // Acknowledged here; the next connection gets them all.
+                    self.to_client.push_back(frame::Settings::ack().into());
+                } else {
+                    self.apply_client_settings(&settings);
+                    self.to_upstream.push_back(settings.into());
+                }
             }
             Frame::Ping(ping) => {
                 if ping.is_ack() && self.goodbye.is_some_and(|(payload, _)| *ping.payload() == payload) {
                     self.finish_goodbye();
-                } else if !self.client_pings.as_mut().is_some_and(|p| p.answered(&ping)) {
+                } else if self.client_pings.as_mut().is_some_and(|p| p.answered(&ping)) {
+                } else if self.is_down() {
+                    if !ping.is_ack() {
+                        self.to_client.push_back(Ping::pong(ping.into_payload()).into());
+                    }
+                } else {
                     self.to_upstream.push_back(ping.into());
                 }
             }
             Frame::WindowUpdate(update) => {
                 let id = update.stream_id();
                 if id.is_zero() {
-                    // Credit for the relay's own answers (health checks) is
-                    // the relay's: the upstream never sent those bytes.
-                    let increment = update.size_increment();
-                    let owed = increment.min(self.own_data);
-                    self.own_data -= owed;
-                    if increment > owed {
-                        self.to_upstream.push_back(WindowUpdate::new(id, increment - owed).into());
-                    }
-                } else if self.calls.contains_key(&id) {
+                    self.client_recv += i64::from(update.size_increment());
+                    self.release_held_down();
+                    self.grant_upstream();
+                } else if self.calls.get(&id).is_some_and(|c| c.waiting.is_none()) {
                     self.to_upstream.push_back(update.into());
                 }
             }
-            Frame::GoAway(goaway) => self.to_upstream.push_back(goaway.into()),
-            Frame::Priority(_) => {}
+            // The client is leaving; the connection ends when it closes.
+            Frame::GoAway(_) | Frame::Priority(_) => {}
             Frame::PushPromise(_) => self.client_error(h2::proto::Error::GoAway(
                 Bytes::from_static(b"a client may not push"),
                 Reason::PROTOCOL_ERROR,
                 h2::proto::Initiator::Library,
             )),
+        }
+    }
+
+    /// What the client's SETTINGS mean for the upstream connection.
+    fn apply_client_settings(&mut self, settings: &frame::Settings) {
+        if let Some(codec) = self.codec() {
+            if let Some(size) = settings.header_table_size() {
+                codec.set_recv_header_table_size(size as usize);
+            }
+            if let Some(size) = settings.max_frame_size() {
+                codec.set_max_recv_frame_size(size as usize);
+            }
         }
     }
 
@@ -533,7 +688,11 @@ where
             call.client_done = true;
             let (_, mut fields) = headers.into_parts();
             strip_hop_by_hop(&mut fields);
-            self.to_upstream.push_back(rebuilt(id, Pseudo::default(), fields, true));
+            let frame = rebuilt(id, Pseudo::default(), fields, true);
+            match &mut call.waiting {
+                Some(frames) => frames.push(frame),
+                None => self.send_upstream(frame),
+            }
             self.forget_if_done(id);
             return;
         }
@@ -552,10 +711,6 @@ where
             // Past the final GOAWAY's last stream: the client takes it as
             // refused (never processed) and may send it elsewhere.
             return;
-        }
-        if self.upstream_lost {
-            let why = format!("{}: connection lost: {}", self.label, self.lost_cause);
-            return self.answer(id, &BridgeStatus::new(Code::Unavailable, why), end);
         }
         if headers.is_over_size() {
             let limit = self.header_list_limit;
@@ -590,14 +745,26 @@ where
         strip_hop_by_hop(&mut fields);
         pseudo.authority = Some(self.authority.clone());
         pseudo.scheme = Some(self.scheme.clone());
-        let deadline = admitted.budget.map(|budget| (Instant::now() + budget, budget));
+        let now = Instant::now();
+        let deadline = admitted.budget.map(|budget| (now + budget, budget));
         if let Some((at, _)) = deadline {
             self.deadlines.insert((at, u32::from(id)));
         }
+        let headers = rebuilt(id, pseudo, fields, end);
+        let waiting = if self.is_up() {
+            None
+        } else {
+            // The next hop's connection is being replaced: the call waits
+            // for the next one, as on the waiting path.
+            self.waiting.push_back(id);
+            self.wait_until.insert((now + self.link.settings().connect_wait, u32::from(id)));
+            Some(Vec::new())
+        };
         let call = Call {
             log: CallLog::new(&self.forwarder, admitted.method, self.caller.clone()),
             streaming: admitted.streaming,
             deadline,
+            waiting,
             answered: false,
             client_done: end,
             upstream_done: false,
@@ -605,30 +772,41 @@ where
             status: None,
             bytes: 0,
         };
+        let sent_now = call.waiting.is_none();
         self.calls.insert(id, call);
-        self.to_upstream.push_back(rebuilt(id, pseudo, fields, end));
+        if sent_now {
+            self.send_upstream(headers);
+        } else if let Some(frames) = self.calls.get_mut(&id).and_then(|c| c.waiting.as_mut()) {
+            frames.push(headers);
+        }
     }
 
     fn client_data(&mut self, data: Data<Bytes>) {
         let id = data.stream_id();
         let end = data.is_end_stream();
+        let len = data.payload().len();
+        self.client_send -= len as i64;
         if let Some(call) = self.calls.get_mut(&id) {
             if data.is_padded() {
                 // Padding is not kept by h2's frame type, so the windows
                 // of the two ends would drift apart.
                 let role = self.forwarder.role();
                 let status = BridgeStatus::new(Code::Internal, format!("{role}: padded DATA frames are not supported"));
-                return self.end_call(id, status, true);
+                self.end_call(id, status, true);
+                return self.grant_client();
             }
             call.client_done |= end;
             let mut out = Data::new(id, data.into_payload());
             out.set_end_stream(end);
-            self.to_upstream.push_back(out.into());
+            match &mut call.waiting {
+                Some(frames) => frames.push(out.into()),
+                None => self.send_upstream(out.into()),
+            }
             self.forget_if_done(id);
             return;
         }
-        let len = data.payload().len();
-        self.credit_client(len);
+        // Not forwarded: the bytes go back to the client's window.
+        self.grant_client();
         if let Some(body) = self.health.get_mut(&id) {
             if body.len() + len > HEALTH_BODY_LIMIT {
                 self.health.remove(&id);
@@ -648,7 +826,7 @@ where
             Frame::Headers(headers) => {
                 let id = headers.stream_id();
                 let end = headers.is_end_stream();
-                let Some(call) = self.calls.get_mut(&id) else {
+                let Some(call) = self.calls.get_mut(&id).filter(|c| c.waiting.is_none()) else {
                     return;
                 };
                 let (pseudo, mut fields) = headers.into_parts();
@@ -657,7 +835,7 @@ where
                 if end {
                     call.status = fields.get("grpc-status").cloned();
                 }
-                self.to_client.push_back(rebuilt(id, pseudo, fields, end));
+                self.send_client(rebuilt(id, pseudo, fields, end));
                 if end {
                     self.upstream_ended(id);
                 }
@@ -665,37 +843,40 @@ where
             Frame::Data(data) => {
                 let id = data.stream_id();
                 let end = data.is_end_stream();
-                let Some(call) = self.calls.get_mut(&id) else {
-                    self.credit_upstream(data.payload().len());
+                let len = data.payload().len();
+                self.up_recv -= len as i64;
+                let Some(call) = self.calls.get_mut(&id).filter(|c| c.waiting.is_none()) else {
+                    self.grant_upstream();
                     return;
                 };
                 if data.is_padded() {
                     let status = BridgeStatus::new(
                         Code::Internal,
-                        format!("{}: sent padded DATA frames, which the relay does not carry", self.label),
+                        format!("{}: sent padded DATA frames, which the bridge does not carry", self.label),
                     );
-                    return self.end_call(id, status, true);
+                    self.end_call(id, status, true);
+                    return self.grant_upstream();
                 }
-                call.bytes += data.payload().len() as u64;
+                call.bytes += len as u64;
                 let mut out = Data::new(id, data.into_payload());
                 out.set_end_stream(end);
-                self.to_client.push_back(out.into());
+                self.send_client(out.into());
                 if end {
                     self.upstream_ended(id);
                 }
             }
             Frame::Reset(reset) => {
                 let id = reset.stream_id();
-                let Some(call) = self.calls.get(&id) else {
+                let Some(call) = self.calls.get(&id).filter(|c| c.waiting.is_none()) else {
                     return;
                 };
                 if call.upstream_done || (reset.reason() == Reason::REFUSED_STREAM && !call.answered) {
                     // The answer is complete and the upstream stops reading the
                     // request; or the upstream refused the stream before doing
                     // anything with it, which tells the client it may retry.
-                    self.to_client.push_back(reset.into());
+                    self.send_client(reset.into());
                     if let Some(mut call) = self.calls.remove(&id) {
-                        self.unschedule(id, &call);
+                        self.forget(id, &call);
                         call.finish("UNAVAILABLE");
                     }
                 } else {
@@ -704,24 +885,32 @@ where
                 }
             }
             Frame::Settings(mut settings) => {
-                if settings.is_ack() && self.acks_to_swallow > 0 {
-                    self.acks_to_swallow -= 1;
+                if settings.is_ack() {
+                    if self.acks_to_swallow > 0 {
+                        self.acks_to_swallow -= 1;
+                    } else {
+                        self.to_client.push_back(settings.into());
+                    }
                     return;
                 }
-                if !settings.is_ack() {
+                if let Some(codec) = self.codec() {
                     if let Some(size) = settings.header_table_size() {
-                        self.upstream.set_send_header_table_size(size as usize);
-                        self.client.set_recv_header_table_size(size as usize);
+                        codec.set_send_header_table_size(size as usize);
                     }
                     if let Some(size) = settings.max_frame_size() {
-                        self.upstream.set_max_send_frame_size(size as usize);
-                        self.client.set_max_recv_frame_size(size as usize);
+                        codec.set_max_send_frame_size(size as usize);
                     }
-                    let streams = settings.max_concurrent_streams().unwrap_or(u32::MAX);
-                    settings.set_max_concurrent_streams(Some(streams.min(self.max_streams as u32)));
-                    let list = settings.max_header_list_size().unwrap_or(u32::MAX);
-                    settings.set_max_header_list_size(Some(list.min(self.header_list_limit)));
                 }
+                if let Some(size) = settings.header_table_size() {
+                    self.client.set_recv_header_table_size(size as usize);
+                }
+                if let Some(size) = settings.max_frame_size() {
+                    self.client.set_max_recv_frame_size(size as usize);
+                }
+                let streams = settings.max_concurrent_streams().unwrap_or(u32::MAX);
+                settings.set_max_concurrent_streams(Some(streams.min(self.max_streams as u32)));
+                let list = settings.max_header_list_size().unwrap_or(u32::MAX);
+                settings.set_max_header_list_size(Some(list.min(self.header_list_limit)));
                 self.to_client.push_back(settings.into());
             }
             Frame::Ping(ping) => {
@@ -731,39 +920,156 @@ where
             }
             Frame::WindowUpdate(update) => {
                 let id = update.stream_id();
-                if id.is_zero() || self.calls.contains_key(&id) {
-                    self.to_client.push_back(update.into());
+                if id.is_zero() {
+                    self.up_send += i64::from(update.size_increment());
+                    self.release_held_up();
+                    self.grant_client();
+                } else if self.calls.get(&id).is_some_and(|c| c.waiting.is_none()) {
+                    self.send_client(update.into());
                 }
             }
             Frame::GoAway(goaway) => {
-                tracing::info!(peer = %self.label, reason = ?goaway.reason(), "next hop is going away; so is this client connection");
-                // Streams past the last one named were not processed: the
-                // client takes them as refused, so they end here unanswered.
                 let last = goaway.last_stream_id();
-                let refused: Vec<StreamId> = self.calls.keys().filter(|id| **id > last).copied().collect();
+                tracing::info!(peer = %self.label, reason = ?goaway.reason(), "next hop is going away; new calls wait for a new connection");
+                // Streams past the last one named were not processed.
+                let refused: Vec<StreamId> =
+                    self.calls.iter().filter(|(id, c)| **id > last && c.waiting.is_none()).map(|(id, _)| *id).collect();
                 for id in refused {
-                    if let Some(mut call) = self.calls.remove(&id) {
-                        self.unschedule(id, &call);
-                        call.finish("UNAVAILABLE");
-                    }
+                    let why = format!("{}: going away: the call was not processed", self.label);
+                    self.end_call(id, BridgeStatus::new(Code::Unavailable, why), false);
                 }
-                self.goaway_to_client(last, goaway.reason(), goaway.debug_data().clone());
+                // Watches end now (the gateway re-opens them); other calls
+                // may finish before the connection is replaced.
+                let watches: Vec<StreamId> =
+                    self.calls.iter().filter(|(_, c)| c.streaming && c.waiting.is_none()).map(|(id, _)| *id).collect();
+                for id in watches {
+                    let why = format!("{}: stream broken: the peer is going away", self.label);
+                    self.end_call(id, BridgeStatus::new(Code::Unavailable, why), true);
+                }
+                if let Upstream::Up(_) = self.upstream {
+                    let Upstream::Up(codec) =
+                        std::mem::replace(&mut self.upstream, Upstream::Down(Box::pin(std::future::pending())))
+                    else {
+                        unreachable!("matched above");
+                    };
+                    self.upstream = Upstream::Going(codec, Instant::now() + GOING_GRACE);
+                }
             }
             Frame::Priority(_) | Frame::PushPromise(_) => {}
         }
     }
 
-    /// The driver ended stream `id`'s response.
+    /// A frame for the upstream, in order behind any held ones; DATA waits
+    /// while the upstream's window cannot take it, and is cut to its frame
+    /// size.
+    fn send_upstream(&mut self, frame: Frame) {
+        if self.is_down() {
+            return;
+        }
+        let len = data_len(&frame);
+        if !self.held_up.is_empty() || len > self.up_send {
+            self.held_up_bytes += len;
+            self.held_up.push_back(frame);
+            return;
+        }
+        self.up_send -= len;
+        self.push_upstream(frame);
+    }
+
+    fn push_upstream(&mut self, frame: Frame) {
+        let max = self.codec().map_or(usize::MAX, |c| c.max_send_frame_size());
+        match frame {
+            Frame::Data(data) if data.payload().len() > max => {
+                let id = data.stream_id();
+                let end = data.is_end_stream();
+                let mut payload = data.into_payload();
+                while !payload.is_empty() {
+                    let chunk = payload.split_to(payload.len().min(max));
+                    let mut piece = Data::new(id, chunk);
+                    piece.set_end_stream(end && payload.is_empty());
+                    self.to_upstream.push_back(piece.into());
+                }
+            }
+            frame => self.to_upstream.push_back(frame),
+        }
+    }
+
+    fn release_held_up(&mut self) {
+        while let Some(front) = self.held_up.front() {
+            let len = data_len(front);
+            if len > self.up_send {
+                break;
+            }
+            let frame = self.held_up.pop_front().expect("not empty");
+            self.held_up_bytes -= len;
+            self.up_send -= len;
+            self.push_upstream(frame);
+        }
+    }
+
+    /// A frame of the upstream's for the client, in order behind any held
+    /// ones; DATA waits while the client's window cannot take it.
+    fn send_client(&mut self, frame: Frame) {
+        let len = data_len(&frame);
+        if !self.held_down.is_empty() || len > self.client_recv {
+            self.held_down_bytes += len;
+            self.held_down.push_back(frame);
+            return;
+        }
+        self.client_recv -= len;
+        self.to_client.push_back(frame);
+    }
+
+    fn release_held_down(&mut self) {
+        while let Some(front) = self.held_down.front() {
+            let len = data_len(front);
+            if len > self.client_recv {
+                break;
+            }
+            let frame = self.held_down.pop_front().expect("not empty");
+            self.held_down_bytes -= len;
+            self.client_recv -= len;
+            self.to_client.push_back(frame);
+        }
+    }
+
+    /// Tells the client it may send what the upstream can take and the
+    /// client does not know of yet (bytes the bridge dropped, or room the
+    /// upstream gave).
+    fn grant_client(&mut self) {
+        if self.is_down() {
+            return;
+        }
+        let grant = self.up_send - self.held_up_bytes - self.client_send;
+        if grant > 0 {
+            let grant = grant.min(i64::from(u32::MAX >> 1));
+            self.to_client.push_back(WindowUpdate::new(StreamId::zero(), grant as u32).into());
+            self.client_send += grant;
+        }
+    }
+
+    /// The same toward the upstream: room the client gave, and bytes of
+    /// the upstream's the bridge dropped.
+    fn grant_upstream(&mut self) {
+        if self.is_down() {
+            return;
+        }
+        let grant = self.client_recv - self.held_down_bytes - self.up_recv;
+        if grant > 0 {
+            let grant = grant.min(i64::from(u32::MAX >> 1));
+            self.to_upstream.push_back(WindowUpdate::new(StreamId::zero(), grant as u32).into());
+            self.up_recv += grant;
+        }
+    }
+
+    /// The upstream ended stream `id`'s response.
     fn upstream_ended(&mut self, id: StreamId) {
         if let Some(call) = self.calls.get_mut(&id) {
             call.upstream_done = true;
             let code = call.status.as_ref().and_then(|v| v.to_str().ok()).map(status_name).unwrap_or("NONE");
             call.finish(code);
-            if let Some(call) = self.calls.get(&id) {
-                let call_deadline = call.deadline;
-                if let Some((at, _)) = call_deadline {
-                    self.deadlines.remove(&(at, u32::from(id)));
-                }
+            if let Some((at, _)) = call.deadline {
+                self.deadlines.remove(&(at, u32::from(id)));
             }
         }
         self.forget_if_done(id);
@@ -772,15 +1078,51 @@ where
     fn forget_if_done(&mut self, id: StreamId) {
         if self.calls.get(&id).is_some_and(|c| c.client_done && c.upstream_done) {
             if let Some(call) = self.calls.remove(&id) {
-                self.unschedule(id, &call);
+                self.forget(id, &call);
             }
         }
         self.maybe_close();
     }
 
-    fn unschedule(&mut self, id: StreamId, call: &Call) {
+    /// Drops a call's timers and its frames still held.
+    fn forget(&mut self, id: StreamId, call: &Call) {
         if let Some((at, _)) = call.deadline {
             self.deadlines.remove(&(at, u32::from(id)));
+        }
+        if call.waiting.is_some() {
+            self.waiting.retain(|w| *w != id);
+            self.wait_until.retain(|(_, w)| *w != u32::from(id));
+        }
+        let before = (self.held_up_bytes, self.held_down_bytes);
+        if self.held_up.iter().any(|f| frame_stream(f) == Some(id)) {
+            let mut dropped = 0;
+            self.held_up.retain(|f| {
+                let mine = frame_stream(f) == Some(id);
+                if mine {
+                    dropped += data_len(f);
+                }
+                !mine
+            });
+            self.held_up_bytes -= dropped;
+        }
+        if self.held_down.iter().any(|f| frame_stream(f) == Some(id)) {
+            let mut dropped = 0;
+            self.held_down.retain(|f| {
+                let mine = frame_stream(f) == Some(id);
+                if mine {
+                    dropped += data_len(f);
+                }
+                !mine
+            });
+            self.held_down_bytes -= dropped;
+        }
+        if before.0 != self.held_up_bytes {
+            self.release_held_up();
+            self.grant_client();
+        }
+        if before.1 != self.held_down_bytes {
+            self.release_held_down();
+            self.grant_upstream();
         }
     }
 
@@ -790,7 +1132,7 @@ where
         let Some(mut call) = self.calls.remove(&id) else {
             return;
         };
-        self.unschedule(id, &call);
+        self.forget(id, &call);
         if !call.upstream_done {
             // The client has not had the whole answer: it ends with the status.
             let mut fields = status.to_header_map();
@@ -805,8 +1147,8 @@ where
         if !call.client_done {
             self.to_client.push_back(Reset::new(id, Reason::NO_ERROR).into());
         }
-        if cancel_upstream && !call.upstream_done {
-            self.to_upstream.push_back(Reset::new(id, Reason::CANCEL).into());
+        if cancel_upstream && !call.upstream_done && call.waiting.is_none() {
+            self.send_upstream(Reset::new(id, Reason::CANCEL).into());
         }
         if !call.finished {
             call.finished = true;
@@ -815,7 +1157,7 @@ where
         self.maybe_close();
     }
 
-    /// A Trailers-Only answer of the relay's own to a stream never forwarded.
+    /// A Trailers-Only answer of the bridge's own to a stream never forwarded.
     fn answer(&mut self, id: StreamId, status: &BridgeStatus, client_done: bool) {
         let mut fields = status.to_header_map();
         fields.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -832,31 +1174,20 @@ where
         let mut head = HeaderMap::new();
         head.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         self.to_client.push_back(rebuilt(id, Pseudo::response(StatusCode::OK), head, false));
-        let message = crate::health::answer(!self.upstream_lost);
-        self.own_data += message.len() as u32;
+        let message = crate::health::answer(self.is_up());
+        // Our own bytes in the client's window: the upstream is not told
+        // of the room the client gives back for them.
+        self.client_recv -= message.len() as i64;
         self.to_client.push_back(Data::new(id, message).into());
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         self.to_client.push_back(rebuilt(id, Pseudo::default(), trailers, true));
     }
 
-    /// Hands dropped bytes back to the client's connection window.
-    fn credit_client(&mut self, len: usize) {
-        if len > 0 {
-            self.to_client.push_back(WindowUpdate::new(StreamId::zero(), len as u32).into());
-        }
-    }
-
-    fn credit_upstream(&mut self, len: usize) {
-        if len > 0 && !self.upstream_lost {
-            self.to_upstream.push_back(WindowUpdate::new(StreamId::zero(), len as u32).into());
-        }
-    }
-
     fn client_error(&mut self, error: h2::proto::Error) {
         match error {
             h2::proto::Error::Reset(id, reason, _) => {
-                // A header block the relay could not take: that stream only.
+                // A header block the bridge could not take: that stream only.
                 if id > self.last_stream && id.is_client_initiated() {
                     self.last_stream = id;
                 }
@@ -881,19 +1212,29 @@ where
         }
     }
 
-    /// The driver connection broke: every call in flight ends with
-    /// UNAVAILABLE naming it, and the client is told to go (its next
-    /// connection dials the driver again).
+    /// The upstream connection broke: every call on it ends UNAVAILABLE
+    /// naming the hop, and a new connection is dialled. The client's
+    /// connection stays; its new calls wait for the next hop (bounded), as
+    /// on the waiting path.
     fn lose_upstream(&mut self, cause: &str) {
-        if self.upstream_lost {
+        if self.is_down() {
             return;
         }
-        self.upstream_lost = true;
-        self.to_upstream.clear();
-        tracing::warn!(peer = %self.label, error = %cause, "next hop connection lost");
-        let ids: Vec<StreamId> = self.calls.keys().copied().collect();
+        tracing::warn!(peer = %self.label, error = %cause, "next hop connection lost; dialling again");
+        let ids: Vec<StreamId> = self.calls.iter().filter(|(_, c)| c.waiting.is_none()).map(|(id, _)| *id).collect();
         for id in ids {
             let why = format!("{}: stream broken: connection lost: {cause}", self.label);
+            self.end_call(id, BridgeStatus::new(Code::Unavailable, why), false);
+        }
+        self.replace_upstream(cause);
+    }
+
+    /// Drops the upstream connection (its calls already ended or moved)
+    /// and dials the next, with backoff, until one answers.
+    fn replace_upstream(&mut self, cause: &str) {
+        let ids: Vec<StreamId> = self.calls.iter().filter(|(_, c)| c.waiting.is_none()).map(|(id, _)| *id).collect();
+        for id in ids {
+            let why = format!("{}: stream broken: {cause}", self.label);
             self.end_call(id, BridgeStatus::new(Code::Unavailable, why), false);
         }
         let waiting: Vec<StreamId> = self.health.keys().copied().collect();
@@ -901,24 +1242,78 @@ where
             self.health.remove(&id);
             self.answer_health(id, &[]);
         }
-        self.lost_cause = cause.to_owned();
+        self.to_upstream.clear();
+        self.held_up.clear();
+        self.held_up_bytes = 0;
+        self.held_down.clear();
+        self.held_down_bytes = 0;
+        if let Ok(mut error) = self.dial_error.lock() {
+            *error = cause.to_owned();
+        }
+        let link = self.link.clone();
+        let errors = self.dial_error.clone();
+        self.upstream = Upstream::Down(Box::pin(async move {
+            let settings = link.settings().clone();
+            let mut backoff = settings.backoff_initial;
+            loop {
+                match open_upstream(&link).await {
+                    Ok(opened) => return opened,
+                    Err(why) => {
+                        if let Ok(mut error) = errors.lock() {
+                            *error = why;
+                        }
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(settings.backoff_max);
+            }
+        }));
     }
 
-    /// After the next hop is lost: no graceful goodbye, since a client stack
-    /// that has heard a GOAWAY fails the calls it starts next on that
-    /// connection (tonic does) until the connection closes. So what the
-    /// client has sent is read and answered UNAVAILABLE, and the final
-    /// GOAWAY goes out ahead of those answers, with the connection closing
-    /// right behind them: by the time the client sees its calls fail, it
-    /// knows the connection is gone and its next call reconnects.
-    fn say_goodbye_after_loss(&mut self, cx: &mut Context<'_>) {
-        self.read_client(cx);
-        self.goodbye = None;
-        self.said_goodbye = true;
-        let last = self.client_goaway.map_or(self.last_stream, |sent| sent.min(self.last_stream));
-        self.client_goaway = Some(last);
-        self.to_client.push_front(GoAway::new(last, Reason::NO_ERROR).into());
-        self.closing = true;
+    /// A new upstream connection answered: it learns the client's settings
+    /// and the room the client has, the client learns its settings, and
+    /// the calls that waited go out in order.
+    fn resume(&mut self, mut codec: Codec<BoxIo, Bytes>, settings: frame::Settings, hop: Hop) {
+        tracing::info!(peer = %hop.label, waiting = self.waiting.len(), "next hop connected again");
+        if let Some(size) = self.client_settings.header_table_size() {
+            codec.set_recv_header_table_size(size as usize);
+        }
+        if let Some(size) = self.client_settings.max_frame_size() {
+            codec.set_max_recv_frame_size(size as usize);
+        }
+        self.upstream = Upstream::Up(codec);
+        self.adopt(hop);
+        // The bridge's opening SETTINGS and the client's, re-sent.
+        self.acks_to_swallow = 2;
+        self.to_upstream.push_back(self.client_settings.clone().into());
+        if self.client_recv > INITIAL_WINDOW {
+            let grant = (self.client_recv - INITIAL_WINDOW).min(i64::from(u32::MAX >> 1));
+            self.to_upstream.push_back(WindowUpdate::new(StreamId::zero(), grant as u32).into());
+            self.up_recv += grant;
+        }
+        self.on_upstream_frame(Frame::Settings(settings));
+        while let Some(id) = self.waiting.pop_front() {
+            let Some(frames) = self.calls.get_mut(&id).and_then(|c| c.waiting.take()) else {
+                continue;
+            };
+            self.wait_until.retain(|(_, w)| *w != u32::from(id));
+            for frame in frames {
+                let frame = match frame {
+                    Frame::Headers(headers) if headers.is_end_headers() => {
+                        let end = headers.is_end_stream();
+                        let (mut pseudo, fields) = headers.into_parts();
+                        if pseudo.path.is_some() {
+                            pseudo.authority = Some(self.authority.clone());
+                            pseudo.scheme = Some(self.scheme.clone());
+                        }
+                        rebuilt(id, pseudo, fields, end)
+                    }
+                    frame => frame,
+                };
+                self.send_upstream(frame);
+            }
+        }
+        self.grant_client();
     }
 
     /// Draining: no new calls (GOAWAY), watches end now, other calls may
@@ -935,10 +1330,9 @@ where
 
     /// Tells the client to open no more streams here, the way a graceful
     /// HTTP/2 server does: a GOAWAY naming no stream yet, and a PING. Streams
-    /// the client sent before it saw the GOAWAY still arrive and get an
-    /// answer (a status, never a refusal without one); when the PING comes
-    /// back, everything sent before it has arrived, and the final GOAWAY
-    /// names the last stream.
+    /// the client sent before it saw the GOAWAY still arrive and are served;
+    /// when the PING comes back, everything sent before it has arrived, and
+    /// the final GOAWAY names the last stream.
     fn begin_goodbye(&mut self) {
         if self.goodbye.is_some() || self.said_goodbye {
             return;
@@ -976,6 +1370,48 @@ where
         for call in self.calls.values_mut() {
             call.finish(code);
         }
+    }
+}
+
+/// The flow-controlled length of a frame: a DATA frame's payload (the
+/// bridge sends no padding), nothing for the others.
+fn data_len(frame: &Frame) -> i64 {
+    match frame {
+        Frame::Data(data) => data.payload().len() as i64,
+        _ => 0,
+    }
+}
+
+/// The stream a frame belongs to, if any.
+fn frame_stream(frame: &Frame) -> Option<StreamId> {
+    match frame {
+        Frame::Data(data) => Some(data.stream_id()),
+        Frame::Headers(headers) => Some(headers.stream_id()),
+        Frame::Reset(reset) => Some(reset.stream_id()),
+        Frame::WindowUpdate(update) if !update.stream_id().is_zero() => Some(update.stream_id()),
+        _ => None,
+    }
+}
+
+/// Folds `update` into `settings`: the client's SETTINGS as they stand.
+fn merge_settings(settings: &mut frame::Settings, update: &frame::Settings) {
+    if let Some(v) = update.header_table_size() {
+        settings.set_header_table_size(Some(v));
+    }
+    if let Some(v) = update.is_push_enabled() {
+        settings.set_enable_push(v);
+    }
+    if let Some(v) = update.max_concurrent_streams() {
+        settings.set_max_concurrent_streams(Some(v));
+    }
+    if let Some(v) = update.initial_window_size() {
+        settings.set_initial_window_size(Some(v));
+    }
+    if let Some(v) = update.max_frame_size() {
+        settings.set_max_frame_size(Some(v));
+    }
+    if let Some(v) = update.max_header_list_size() {
+        settings.set_max_header_list_size(Some(v));
     }
 }
 
@@ -1064,7 +1500,7 @@ fn pump<T: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-impl<C, D> Drop for FrameRelay<C, D> {
+impl<C> Drop for FrameRelay<C> {
     fn drop(&mut self) {
         for call in self.calls.values_mut() {
             call.finish("NONE");

@@ -248,6 +248,10 @@ impl Link {
         state.not_before = Some(Instant::now() + jitter(pause));
     }
 
+    pub fn settings(&self) -> &LinkSettings {
+        &self.inner.settings
+    }
+
     /// How many of the link's connections have answered a call: it grows
     /// when the next hop is back after an outage.
     pub fn answered_connections(&self) -> u64 {

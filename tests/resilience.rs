@@ -755,3 +755,41 @@ async fn a_client_that_goes_silent_under_a_watch_is_cut_off_and_its_watch_cancel
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     drop(codec);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_connection_outlives_a_relay_restart_and_its_calls_wait_for_the_relay() {
+    // The gateway keeps one connection for its lifetime. When the relay
+    // goes away under it, the calls on the link end UNAVAILABLE, but the
+    // connection stays, and a call made during the outage waits for the
+    // relay (bounded) instead of failing, as the gateway's first
+    // GetCapabilities must.
+    let mut rig = Rig::start(|_| {}).await;
+    let (driver, _driver_shutdown) = rig.demo_driver();
+    let mut gateway = raw_connection(&rig.shim_socket).await;
+    let path = "/openshell.compute.v1.ComputeDriver/GetCapabilities";
+    let before = raw_request(&mut gateway, path, &[], grpc_frame(b"")).await;
+    assert_eq!(before.grpc_status().as_deref(), Some("0"), "{}", before.grpc_message());
+    assert_eq!(rig.proxy.connections(), 1);
+
+    let addr = rig.relay.local_addr;
+    rig.relay_shutdown.stop_now();
+    let _ = (&mut rig.relay.task).await;
+    let mut config = relay_config(&rig.pki, DriverTarget::Unix(rig.driver_socket.clone()));
+    config.listen = addr;
+    let restart = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let shutdown = Shutdown::new();
+        let relay = relay::start(config, shutdown.clone()).await.unwrap();
+        (relay, shutdown)
+    });
+    let started = Instant::now();
+    let during = raw_request(&mut gateway, path, &[], grpc_frame(b"")).await;
+    let took = started.elapsed();
+    let (relay, shutdown) = restart.await.unwrap();
+    rig.relay = relay;
+    rig.relay_shutdown = shutdown;
+    assert_eq!(during.grpc_status().as_deref(), Some("0"), "{}", during.grpc_message());
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(3), "{took:?}");
+    assert!(rig.proxy.connections() >= 2, "the shim did not dial the relay again");
+    assert_eq!(driver.calls("GetCapabilities"), 2);
+}

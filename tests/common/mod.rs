@@ -409,11 +409,30 @@ async fn raw_call_over(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> RawResponse {
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+    let mut sender = raw_connection_over(stream).await;
+    raw_request(&mut sender, uri_path, headers, body).await
+}
+
+/// One HTTP/2 connection to the socket at `path`, for several requests.
+pub async fn raw_connection(path: &Path) -> RawSender {
+    raw_connection_over(tokio::net::UnixStream::connect(path).await.unwrap()).await
+}
+
+pub type RawSender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+async fn raw_connection_over(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+) -> RawSender {
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(conn);
+    sender
+}
+
+/// One request on `sender`'s connection (which must still be open).
+pub async fn raw_request(sender: &mut RawSender, uri_path: &str, headers: &[(&str, &str)], body: Bytes) -> RawResponse {
     let mut request = Request::builder()
         .method("POST")
         .uri(format!("http://[::]:50051{uri_path}"))
