@@ -1,4 +1,5 @@
-//! The HTTP/2 server side of a connection, shared by both listeners.
+//! The HTTP/2 server side of a connection on the waiting path (calls wait
+//! for the link), shared by both listeners.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,22 +68,6 @@ impl ConnectionLimit {
     }
 }
 
-/// Serves HTTP/2 (prior knowledge) on `io` until the peer leaves or the
-/// shutdown ends it: on draining the connection gets a GOAWAY and its calls
-/// may finish; on stop it is dropped.
-pub async fn serve_connection<I: Io>(
-    io: I,
-    service: CallService,
-    settings: &ServerSettings,
-    shutdown: &Shutdown,
-    peer: &str,
-) {
-    let Some(io) = opening(io, settings, service.metrics(), peer).await else {
-        return;
-    };
-    serve_http2(io, service, settings, shutdown, peer, std::future::pending()).await
-}
-
 /// Reads the HTTP/2 preface of `io` (refusing and counting anything else);
 /// the stream with the preface still to be read.
 pub async fn opening<I: Io>(io: I, settings: &ServerSettings, metrics: &Metrics, peer: &str) -> Option<Prefixed<I>> {
@@ -100,9 +85,11 @@ pub async fn opening<I: Io>(io: I, settings: &ServerSettings, metrics: &Metrics,
     }
 }
 
-/// Serves HTTP/2 on `io` (whose preface is checked) like
-/// [`serve_connection`]; when `retire` completes the connection is wound
-/// down as on draining (a GOAWAY, calls in flight finish).
+/// Serves HTTP/2 (prior knowledge) on `io`, whose preface is checked, as
+/// the waiting path: until the peer leaves or the shutdown ends it (on
+/// draining the connection gets a GOAWAY and its calls may finish; on stop
+/// it is dropped). When `retire` completes the connection is wound down as
+/// on draining.
 pub async fn serve_http2<I: Io>(
     io: Prefixed<I>,
     service: CallService,

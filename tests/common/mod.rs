@@ -393,14 +393,19 @@ pub async fn raw_tls_call(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> RawResponse {
+    raw_call_over(relay_tls(addr, pki).await, uri_path, headers, body).await
+}
+
+/// A mutually authenticated TLS connection to the relay at `addr`, with the
+/// test client's certificate.
+pub async fn relay_tls(addr: SocketAddr, pki: &TestPki) -> openshell_driver_bridge::connect::BoxIo {
     let config = openshell_driver_bridge::tls::config::client_config(&pki.client_tls(), &[]).unwrap();
     let connector = openshell_driver_bridge::connect::tls::TlsConnector {
         address: addr.to_string(),
         server_name: rustls::pki_types::ServerName::try_from("localhost").unwrap(),
         config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
     };
-    let stream = connector.connect().await.unwrap();
-    raw_call_over(stream, uri_path, headers, body).await
+    connector.connect().await.unwrap()
 }
 
 async fn raw_call_over(
