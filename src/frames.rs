@@ -88,6 +88,13 @@ pub async fn serve<I: Io>(
         return;
     };
     let link = forwarder.link().clone();
+    if !forwarder.policy().admits(&caller) {
+        // Every call is refused; such a client must not make the bridge
+        // open a connection to the next hop on its behalf.
+        let _serving = forwarder.metrics().serving(false);
+        let service = forwarder.for_caller(caller);
+        return serve_http2(io, service, settings, shutdown, peer, std::future::pending()).await;
+    }
     let (upstream, first, hop) = match open_upstream(&link).await {
         Ok(opened) => opened,
         Err(why) => {

@@ -605,3 +605,38 @@ async fn refused_calls_with_large_requests_do_not_starve_the_connection() {
     assert!(listed.into_inner().sandboxes.is_empty());
     assert_eq!(driver.calls("CreateSandbox"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_the_relay_does_not_admit_never_gets_a_driver_connection_opened_for_it() {
+    // Each admitted client connection gets a driver connection of its own;
+    // one whose every call will be refused must not cost the driver anything.
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Chain::start_with(
+        dir,
+        |relay| {
+            relay.rules = vec![openshell_driver_bridge::policy::Rule {
+                pattern: "dns:someone-else".parse().unwrap(),
+                access: openshell_driver_bridge::policy::Access::Full,
+            }]
+        },
+        |_| {},
+    )
+    .await;
+    // A "driver" that only counts who connects.
+    std::fs::create_dir_all(chain.driver_socket.parent().unwrap()).unwrap();
+    let listener = tokio::net::UnixListener::bind(&chain.driver_socket).unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
+    let status = gateway.list_sandboxes(ListSandboxesRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
+    assert!(status.message().contains("dns:openshell-gateway"), "{}", status.message());
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "the driver was dialled for a refused client");
+    assert_eq!(chain.relay.forwarder.metrics().connections(), (0, 1));
+}
