@@ -65,7 +65,7 @@ use crate::status::{BridgeStatus, Code};
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Frames queued for one side before the relay stops reading: one frame
+/// Frames queued for one side before the bridge stops reading: one frame
 /// read makes at most three to send, so this bounds a connection's memory.
 const QUEUE_LIMIT: usize = 64;
 
@@ -1422,7 +1422,7 @@ fn merge_settings(settings: &mut frame::Settings, update: &frame::Settings) {
     }
 }
 
-/// The relay's own keepalive pings to one side. Their answers stop here;
+/// The bridge's own keepalive pings to one side. Their answers stop here;
 /// every other PING crosses. The payload is drawn at random per connection,
 /// so that two bridges in a row (a shim in front of a relay, each pinging
 /// its client) never take each other's answers for their own.
@@ -1512,5 +1512,57 @@ impl<C> Drop for FrameRelay<C> {
         for call in self.calls.values_mut() {
             call.finish("NONE");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinger_pings_when_due_takes_only_its_own_answer_and_reports_silence() {
+        let start = Instant::now();
+        let every = Duration::from_secs(10);
+        let timeout = Duration::from_secs(5);
+        let mut pinger = Pinger::new((every, timeout), start);
+        assert!(pinger.due(start).unwrap().is_none(), "nothing before the interval");
+        assert_eq!(pinger.wake(), start + every);
+        let ping = pinger.due(start + every).unwrap().expect("a ping when due");
+        assert!(!ping.is_ack());
+        assert!(pinger.due(start + every).unwrap().is_none(), "one ping at a time");
+        assert_eq!(pinger.wake(), start + every + timeout);
+        // Someone else's answer, or a ping rather than an answer, is not ours.
+        assert!(!pinger.answered(&Ping::pong(*b"12345678")));
+        assert!(!pinger.answered(&Ping::new(*ping.payload())));
+        assert!(pinger.answered(&Ping::pong(*ping.payload())));
+        assert!(!pinger.answered(&Ping::pong(*ping.payload())), "answered once");
+        // Unanswered past the timeout: silence.
+        pinger.due(Instant::now() + every).unwrap().expect("the next ping");
+        assert_eq!(pinger.due(Instant::now() + every + timeout + timeout), Err(timeout));
+    }
+
+    #[test]
+    fn client_settings_merge_field_by_field() {
+        let mut merged = frame::Settings::default();
+        let mut first = frame::Settings::default();
+        first.set_initial_window_size(Some(1 << 20));
+        first.set_enable_push(false);
+        merge_settings(&mut merged, &first);
+        let mut second = frame::Settings::default();
+        second.set_max_frame_size(Some(1 << 16));
+        merge_settings(&mut merged, &second);
+        assert_eq!(merged.initial_window_size(), Some(1 << 20));
+        assert_eq!(merged.is_push_enabled(), Some(false));
+        assert_eq!(merged.max_frame_size(), Some(1 << 16));
+        assert_eq!(merged.header_table_size(), None);
+    }
+
+    #[test]
+    fn only_data_frames_count_against_windows() {
+        let id = StreamId::from(1);
+        assert_eq!(data_len(&Data::new(id, Bytes::from_static(b"hello")).into()), 5);
+        assert_eq!(data_len(&Reset::new(id, Reason::CANCEL).into()), 0);
+        assert_eq!(frame_stream(&WindowUpdate::new(StreamId::zero(), 1).into()), None);
+        assert_eq!(frame_stream(&WindowUpdate::new(id, 1).into()), Some(id));
     }
 }
