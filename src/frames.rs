@@ -218,6 +218,64 @@ enum Upstream {
     Down(Pin<Box<dyn Future<Output = Opened> + Send>>),
 }
 
+impl Upstream {
+    /// The connection, while there is one.
+    fn codec(&mut self) -> Option<&mut Codec<BoxIo, Bytes>> {
+        match self {
+            Upstream::Up(codec) | Upstream::Going(codec, _) => Some(codec),
+            Upstream::Down(_) => None,
+        }
+    }
+}
+
+/// Frames for one side held behind a DATA frame its window cannot take
+/// yet, in order, and their DATA bytes.
+#[derive(Default)]
+struct Held {
+    frames: VecDeque<Frame>,
+    bytes: i64,
+}
+
+impl Held {
+    /// `frame` to send now, taking its DATA bytes from `window`; or `None`
+    /// when it is held (behind others, or beyond the window).
+    fn pass(&mut self, frame: Frame, window: &mut i64) -> Option<Frame> {
+        let len = data_len(&frame);
+        if !self.frames.is_empty() || len > *window {
+            self.bytes += len;
+            self.frames.push_back(frame);
+            return None;
+        }
+        *window -= len;
+        Some(frame)
+    }
+
+    /// The first held frame, once `window` has room for it.
+    fn release(&mut self, window: &mut i64) -> Option<Frame> {
+        let len = data_len(self.frames.front()?);
+        if len > *window {
+            return None;
+        }
+        self.bytes -= len;
+        *window -= len;
+        self.frames.pop_front()
+    }
+
+    /// Drops the frames of stream `id`; whether any DATA bytes went.
+    fn drop_stream(&mut self, id: StreamId) -> bool {
+        let before = self.bytes;
+        let bytes = &mut self.bytes;
+        self.frames.retain(|frame| {
+            let mine = frame_stream(frame) == Some(id);
+            if mine {
+                *bytes -= data_len(frame);
+            }
+            !mine
+        });
+        before != self.bytes
+    }
+}
+
 /// The window every HTTP/2 connection starts with.
 const INITIAL_WINDOW: i64 = 65_535;
 
@@ -231,9 +289,7 @@ struct FrameRelay<C> {
     to_client: VecDeque<Frame>,
     to_upstream: VecDeque<Frame>,
     calls: HashMap<StreamId, Call>,
-    /// Calls waiting for the next hop's connection, in arrival order, and
-    /// until when each may wait.
-    waiting: VecDeque<StreamId>,
+    /// Until when each call waiting for the next hop's connection may wait.
     wait_until: BTreeSet<(Instant, u32)>,
     /// Health checks being read: their request bodies so far.
     health: HashMap<StreamId, BytesMut>,
@@ -252,13 +308,10 @@ struct FrameRelay<C> {
     up_send: i64,
     /// What the upstream may still send us, as it counts it.
     up_recv: i64,
-    /// Frames for the upstream behind a DATA frame its window cannot take
-    /// yet (in order), and their DATA bytes.
-    held_up: VecDeque<Frame>,
-    held_up_bytes: i64,
+    /// Frames for the upstream behind a DATA frame its window cannot take yet.
+    held_up: Held,
     /// The same toward the client.
-    held_down: VecDeque<Frame>,
-    held_down_bytes: i64,
+    held_down: Held,
     /// The client's SETTINGS so far, for the next hop's next connection.
     client_settings: frame::Settings,
     forwarder: Forwarder,
@@ -316,7 +369,6 @@ where
             to_client: VecDeque::new(),
             to_upstream: VecDeque::new(),
             calls: HashMap::new(),
-            waiting: VecDeque::new(),
             wait_until: BTreeSet::new(),
             health: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -326,10 +378,8 @@ where
             client_recv: INITIAL_WINDOW,
             up_send: INITIAL_WINDOW,
             up_recv: INITIAL_WINDOW,
-            held_up: VecDeque::new(),
-            held_up_bytes: 0,
-            held_down: VecDeque::new(),
-            held_down_bytes: 0,
+            held_up: Held::default(),
+            held_down: Held::default(),
             client_settings: frame::Settings::default(),
             forwarder,
             link,
@@ -373,10 +423,7 @@ where
     }
 
     fn codec(&mut self) -> Option<&mut Codec<BoxIo, Bytes>> {
-        match &mut self.upstream {
-            Upstream::Up(codec) | Upstream::Going(codec, _) => Some(codec),
-            Upstream::Down(_) => None,
-        }
+        self.upstream.codec()
     }
 
     fn is_up(&self) -> bool {
@@ -397,10 +444,7 @@ where
                 busy |= self.read_client(cx);
                 busy |= self.read_upstream(cx);
             }
-            if let Some(codec) = match &mut self.upstream {
-                Upstream::Up(codec) | Upstream::Going(codec, _) => Some(codec),
-                Upstream::Down(_) => None,
-            } {
+            if let Some(codec) = self.upstream.codec() {
                 match pump(codec, &mut self.to_upstream, cx) {
                     Ok((moved, _)) => busy |= moved,
                     Err(e) => {
@@ -448,12 +492,7 @@ where
         }
         loop {
             let now = Instant::now();
-            while let Some(&(at, id)) = self.deadlines.first() {
-                if at > now {
-                    break;
-                }
-                self.deadlines.pop_first();
-                let id = StreamId::from(id);
+            while let Some(id) = pop_due(&mut self.deadlines, now) {
                 if let Some((_, budget)) = self.calls.get(&id).and_then(|c| c.deadline) {
                     let message = format!(
                         "{}: deadline of {} ms expired before {} answered",
@@ -465,12 +504,7 @@ where
                     busy = true;
                 }
             }
-            while let Some(&(at, id)) = self.wait_until.first() {
-                if at > now {
-                    break;
-                }
-                self.wait_until.pop_first();
-                let id = StreamId::from(id);
+            while let Some(id) = pop_due(&mut self.wait_until, now) {
                 if self.calls.get(&id).is_some_and(|c| c.waiting.is_some()) {
                     let wait = self.link.settings().connect_wait.as_millis();
                     let cause = self.dial_error.lock().map(|e| e.clone()).unwrap_or_default();
@@ -763,7 +797,6 @@ where
         } else {
             // The next hop's connection is being replaced: the call waits
             // for the next one, as on the waiting path.
-            self.waiting.push_back(id);
             self.wait_until.insert((now + self.link.settings().connect_wait, u32::from(id)));
             Some(Vec::new())
         };
@@ -973,14 +1006,9 @@ where
         if self.is_down() {
             return;
         }
-        let len = data_len(&frame);
-        if !self.held_up.is_empty() || len > self.up_send {
-            self.held_up_bytes += len;
-            self.held_up.push_back(frame);
-            return;
+        if let Some(frame) = self.held_up.pass(frame, &mut self.up_send) {
+            self.push_upstream(frame);
         }
-        self.up_send -= len;
-        self.push_upstream(frame);
     }
 
     fn push_upstream(&mut self, frame: Frame) {
@@ -1002,14 +1030,7 @@ where
     }
 
     fn release_held_up(&mut self) {
-        while let Some(front) = self.held_up.front() {
-            let len = data_len(front);
-            if len > self.up_send {
-                break;
-            }
-            let frame = self.held_up.pop_front().expect("not empty");
-            self.held_up_bytes -= len;
-            self.up_send -= len;
+        while let Some(frame) = self.held_up.release(&mut self.up_send) {
             self.push_upstream(frame);
         }
     }
@@ -1017,25 +1038,13 @@ where
     /// A frame of the upstream's for the client, in order behind any held
     /// ones; DATA waits while the client's window cannot take it.
     fn send_client(&mut self, frame: Frame) {
-        let len = data_len(&frame);
-        if !self.held_down.is_empty() || len > self.client_recv {
-            self.held_down_bytes += len;
-            self.held_down.push_back(frame);
-            return;
+        if let Some(frame) = self.held_down.pass(frame, &mut self.client_recv) {
+            self.to_client.push_back(frame);
         }
-        self.client_recv -= len;
-        self.to_client.push_back(frame);
     }
 
     fn release_held_down(&mut self) {
-        while let Some(front) = self.held_down.front() {
-            let len = data_len(front);
-            if len > self.client_recv {
-                break;
-            }
-            let frame = self.held_down.pop_front().expect("not empty");
-            self.held_down_bytes -= len;
-            self.client_recv -= len;
+        while let Some(frame) = self.held_down.release(&mut self.client_recv) {
             self.to_client.push_back(frame);
         }
     }
@@ -1047,7 +1056,7 @@ where
         if self.is_down() {
             return;
         }
-        let grant = self.up_send - self.held_up_bytes - self.client_send;
+        let grant = self.up_send - self.held_up.bytes - self.client_send;
         if grant > 0 {
             let grant = grant.min(i64::from(u32::MAX >> 1));
             self.to_client.push_back(WindowUpdate::new(StreamId::zero(), grant as u32).into());
@@ -1061,7 +1070,7 @@ where
         if self.is_down() {
             return;
         }
-        let grant = self.client_recv - self.held_down_bytes - self.up_recv;
+        let grant = self.client_recv - self.held_down.bytes - self.up_recv;
         if grant > 0 {
             let grant = grant.min(i64::from(u32::MAX >> 1));
             self.to_upstream.push_back(WindowUpdate::new(StreamId::zero(), grant as u32).into());
@@ -1097,37 +1106,13 @@ where
             self.deadlines.remove(&(at, u32::from(id)));
         }
         if call.waiting.is_some() {
-            self.waiting.retain(|w| *w != id);
             self.wait_until.retain(|(_, w)| *w != u32::from(id));
         }
-        let before = (self.held_up_bytes, self.held_down_bytes);
-        if self.held_up.iter().any(|f| frame_stream(f) == Some(id)) {
-            let mut dropped = 0;
-            self.held_up.retain(|f| {
-                let mine = frame_stream(f) == Some(id);
-                if mine {
-                    dropped += data_len(f);
-                }
-                !mine
-            });
-            self.held_up_bytes -= dropped;
-        }
-        if self.held_down.iter().any(|f| frame_stream(f) == Some(id)) {
-            let mut dropped = 0;
-            self.held_down.retain(|f| {
-                let mine = frame_stream(f) == Some(id);
-                if mine {
-                    dropped += data_len(f);
-                }
-                !mine
-            });
-            self.held_down_bytes -= dropped;
-        }
-        if before.0 != self.held_up_bytes {
+        if self.held_up.drop_stream(id) {
             self.release_held_up();
             self.grant_client();
         }
-        if before.1 != self.held_down_bytes {
+        if self.held_down.drop_stream(id) {
             self.release_held_down();
             self.grant_upstream();
         }
@@ -1250,10 +1235,8 @@ where
             self.answer_health(id, &[]);
         }
         self.to_upstream.clear();
-        self.held_up.clear();
-        self.held_up_bytes = 0;
-        self.held_down.clear();
-        self.held_down_bytes = 0;
+        self.held_up = Held::default();
+        self.held_down = Held::default();
         if let Ok(mut error) = self.dial_error.lock() {
             *error = cause.to_owned();
         }
@@ -1281,7 +1264,11 @@ where
     /// and the room the client has, the client learns its settings, and
     /// the calls that waited go out in order.
     fn resume(&mut self, mut codec: Codec<BoxIo, Bytes>, settings: frame::Settings, hop: Hop) {
-        tracing::info!(peer = %hop.label, waiting = self.waiting.len(), "next hop connected again");
+        // Client stream ids rise, so id order is the order the calls came in.
+        let mut waiting: Vec<StreamId> =
+            self.calls.iter().filter(|(_, c)| c.waiting.is_some()).map(|(id, _)| *id).collect();
+        waiting.sort_unstable();
+        tracing::info!(peer = %hop.label, waiting = waiting.len(), "next hop connected again");
         if let Some(size) = self.client_settings.header_table_size() {
             codec.set_recv_header_table_size(size as usize);
         }
@@ -1293,17 +1280,15 @@ where
         // The bridge's opening SETTINGS and the client's, re-sent.
         self.acks_to_swallow = 2;
         self.to_upstream.push_back(self.client_settings.clone().into());
-        if self.client_recv > INITIAL_WINDOW {
-            let grant = (self.client_recv - INITIAL_WINDOW).min(i64::from(u32::MAX >> 1));
-            self.to_upstream.push_back(WindowUpdate::new(StreamId::zero(), grant as u32).into());
-            self.up_recv += grant;
-        }
+        // The room the client has beyond a new connection's default.
+        self.grant_upstream();
         self.on_upstream_frame(Frame::Settings(settings));
-        while let Some(id) = self.waiting.pop_front() {
+        // Only waiting calls have a wait bound, and none waits any more.
+        self.wait_until.clear();
+        for id in waiting {
             let Some(frames) = self.calls.get_mut(&id).and_then(|c| c.waiting.take()) else {
                 continue;
             };
-            self.wait_until.retain(|(_, w)| *w != u32::from(id));
             for frame in frames {
                 let frame = match frame {
                     Frame::Headers(headers) if headers.is_end_headers() => {
@@ -1378,6 +1363,17 @@ where
             call.finish(code);
         }
     }
+}
+
+/// The stream of the earliest timer in `timers` if it is due at `now`,
+/// taken out of the set.
+fn pop_due(timers: &mut BTreeSet<(Instant, u32)>, now: Instant) -> Option<StreamId> {
+    let &(at, id) = timers.first()?;
+    if at > now {
+        return None;
+    }
+    timers.pop_first();
+    Some(StreamId::from(id))
 }
 
 /// The flow-controlled length of a frame: a DATA frame's payload (the
@@ -1555,6 +1551,29 @@ mod tests {
         assert_eq!(merged.is_push_enabled(), Some(false));
         assert_eq!(merged.max_frame_size(), Some(1 << 16));
         assert_eq!(merged.header_table_size(), None);
+    }
+
+    #[test]
+    fn held_frames_keep_their_order_and_wait_for_room() {
+        let (one, two) = (StreamId::from(1), StreamId::from(3));
+        let data = |id, len: usize| Frame::from(Data::new(id, Bytes::from(vec![0u8; len])));
+        let mut held = Held::default();
+        let mut window = 10;
+        assert!(held.pass(data(one, 4), &mut window).is_some(), "fits: passes");
+        assert_eq!(window, 6);
+        assert!(held.pass(data(one, 8), &mut window).is_none(), "too big: held");
+        assert!(held.pass(Reset::new(two, Reason::CANCEL).into(), &mut window).is_none(), "behind a held frame");
+        assert_eq!((held.bytes, window), (8, 6));
+        assert!(held.release(&mut window).is_none(), "still no room");
+        window += 2;
+        assert!(matches!(held.release(&mut window), Some(Frame::Data(_))));
+        assert!(matches!(held.release(&mut window), Some(Frame::Reset(_))));
+        assert_eq!((held.bytes, window), (0, 0));
+        held.pass(data(one, 5), &mut window);
+        held.pass(data(two, 3), &mut window);
+        assert!(!held.drop_stream(StreamId::from(5)), "no frames of that stream");
+        assert!(held.drop_stream(one));
+        assert_eq!(held.bytes, 3);
     }
 
     #[test]

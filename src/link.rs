@@ -118,6 +118,16 @@ struct State {
     not_before: Option<Instant>,
 }
 
+impl State {
+    /// A connection ended before its peer answered anything: no new one
+    /// before a pause that doubles with each such connection in a row.
+    fn strike(&mut self, settings: &LinkSettings) {
+        self.strikes = self.strikes.saturating_add(1);
+        let pause = (settings.backoff_initial * 2u32.saturating_pow(self.strikes.min(8))).min(settings.backoff_max);
+        self.not_before = Some(Instant::now() + jitter(pause));
+    }
+}
+
 #[derive(Clone)]
 struct Conn {
     sender: SendRequest<Bytes>,
@@ -242,10 +252,7 @@ impl Link {
     pub fn dial_failed(&self, why: String) {
         let mut state = self.inner.lock();
         state.last_error = Some(why);
-        state.strikes = state.strikes.saturating_add(1);
-        let pause = (self.inner.settings.backoff_initial * 2u32.saturating_pow(state.strikes.min(8)))
-            .min(self.inner.settings.backoff_max);
-        state.not_before = Some(Instant::now() + jitter(pause));
+        state.strike(&self.inner.settings);
     }
 
     pub fn settings(&self) -> &LinkSettings {
@@ -568,10 +575,7 @@ async fn connect_one(inner: &Arc<Inner>, index: usize) -> Result<(), String> {
             state.strikes = 0;
             state.not_before = None;
         } else {
-            state.strikes = state.strikes.saturating_add(1);
-            let pause = (inner.settings.backoff_initial * 2u32.saturating_pow(state.strikes.min(8)))
-                .min(inner.settings.backoff_max);
-            state.not_before = Some(Instant::now() + jitter(pause));
+            state.strike(&inner.settings);
         }
     });
     Ok(())
