@@ -70,13 +70,13 @@ pub fn start(
 async fn answer(request: Request<Incoming>, forwarder: &Forwarder) -> Response<Full<Bytes>> {
     match (request.method().as_str(), request.uri().path()) {
         ("GET", "/healthz") => text(StatusCode::OK, "ok\n".into()),
-        ("GET", "/readyz") => match forwarder.link().probe(READY_WAIT).await {
+        ("GET", "/readyz") => match forwarder.dialer().probe(READY_WAIT).await {
             Ok(peer) => text(StatusCode::OK, format!("ready: {peer} reachable\n")),
-            Err(status) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", status.message)),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
         },
         ("GET", "/metrics") => {
             let mut out = String::with_capacity(4096);
-            forwarder.metrics().render(forwarder.link(), &mut out);
+            forwarder.metrics().render(&forwarder.dialer().status(), &forwarder.dialer().labels(), &mut out);
             let mut response = text(StatusCode::OK, out);
             response
                 .headers_mut()

@@ -12,8 +12,8 @@ use std::ffi::OsString;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::connect::dialer::DialSettings;
 use crate::forward::ForwardOptions;
-use crate::link::LinkSettings;
 use crate::listen::serve::ServerSettings;
 use crate::policy::{Access, Rule};
 use crate::relay::{DriverTarget, RelayConfig};
@@ -165,7 +165,7 @@ pub struct TuningArgs {
 impl TuningArgs {
     fn settings(&self, admin: &AdminArgs) -> RoleSettings {
         RoleSettings {
-            link: self.link(),
+            dial: self.dial(),
             server: self.server(),
             forward: self.forward(),
             drain_timeout: self.drain_timeout,
@@ -174,13 +174,13 @@ impl TuningArgs {
         }
     }
 
-    fn link(&self) -> LinkSettings {
-        LinkSettings {
+    fn dial(&self) -> DialSettings {
+        DialSettings {
             connect_wait: self.connect_wait,
             connect_timeout: self.connect_timeout,
             keepalive_interval: nonzero(self.keepalive_interval),
             keepalive_timeout: self.keepalive_timeout,
-            ..LinkSettings::default()
+            ..DialSettings::default()
         }
     }
 
@@ -192,7 +192,6 @@ impl TuningArgs {
             handshake_timeout: self.handshake_timeout,
             keepalive_interval: nonzero(self.keepalive_interval).map(|d| d * 2),
             keepalive_timeout: self.keepalive_timeout,
-            ..ServerSettings::default()
         }
     }
 

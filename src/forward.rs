@@ -9,26 +9,19 @@
 //! policy rejects) or to fail (the next hop unreachable, a deadline spent),
 //! always with a gRPC status that names the hop and the cause.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderName;
-use http::{HeaderMap, Request, Response};
-use hyper::body::Incoming;
-use tokio::time::Instant;
+use http::HeaderMap;
 
-use crate::body::{grpc_status_of, CallObserver, RelayBody};
-use crate::link::Link;
+use crate::connect::dialer::Dialer;
 use crate::metrics::{Metrics, Refusal};
 use crate::policy::{Caller, Policy, SERVICE, SERVICE_PREFIX};
-use crate::shutdown::Shutdown;
 use crate::status::{BridgeStatus, Code};
 
 /// The contract's methods: each takes one request message.
-const CONTRACT_METHODS: &[&str] = &[
+pub const CONTRACT_METHODS: &[&str] = &[
     "GetCapabilities",
     "GetGatewayListenerRequirements",
     "ValidateSandboxCreate",
@@ -58,9 +51,8 @@ pub struct Forwarder {
 struct ForwarderInner {
     /// Names this bridge in messages: "shim" or "relay".
     role: &'static str,
-    link: Link,
+    dialer: Dialer,
     policy: Policy,
-    shutdown: Shutdown,
     default_timeout: Option<Duration>,
     metrics: Arc<Metrics>,
     /// Why streams end when the bridge stops, made once.
@@ -75,13 +67,12 @@ pub struct ForwardOptions {
 }
 
 impl Forwarder {
-    pub fn new(role: &'static str, link: Link, policy: Policy, shutdown: Shutdown, options: ForwardOptions) -> Self {
+    pub fn new(role: &'static str, dialer: Dialer, policy: Policy, options: ForwardOptions) -> Self {
         Forwarder {
             inner: Arc::new(ForwarderInner {
                 role,
-                link,
+                dialer,
                 policy,
-                shutdown,
                 default_timeout: options.default_timeout,
                 metrics: Arc::new(Metrics::new(role)),
                 shutting_down: Arc::from(format!("{role} is shutting down")),
@@ -89,8 +80,9 @@ impl Forwarder {
         }
     }
 
-    pub fn link(&self) -> &Link {
-        &self.inner.link
+    /// How the next hop is reached.
+    pub fn dialer(&self) -> &Dialer {
+        &self.inner.dialer
     }
 
     pub fn policy(&self) -> &Policy {
@@ -99,11 +91,6 @@ impl Forwarder {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
-    }
-
-    /// The hyper service for one accepted connection.
-    pub fn for_caller(&self, caller: Caller) -> CallService {
-        CallService { forwarder: self.clone(), caller: Arc::new(caller) }
     }
 
     pub(crate) fn role(&self) -> &'static str {
@@ -137,70 +124,8 @@ impl Forwarder {
             return Err(BridgeStatus::new(Code::PermissionDenied, format!("{role}: {}", denied.0)));
         }
         let streaming = STREAMING_METHODS.contains(&method);
-        // Every method of the contract takes one request message, sent right
-        // after the headers; a method added later might not.
-        let in_contract = CONTRACT_METHODS.contains(&method);
         let budget = grpc_timeout(headers)?.or(if streaming { None } else { self.inner.default_timeout });
-        Ok(Admission::Call(Admitted { method: method.to_owned(), streaming, in_contract, budget }))
-    }
-
-    async fn handle(&self, request: Request<Incoming>, caller: Arc<Caller>) -> Response<RelayBody> {
-        let started = std::time::Instant::now();
-        let role = self.inner.role;
-        let admitted = match self.admit(request.uri().path(), request.headers(), &caller) {
-            Ok(Admission::Call(admitted)) => admitted,
-            Ok(Admission::Health) => return crate::health::check(request, &self.inner.link).await,
-            Err(status) => return status.into_response(),
-        };
-        let Admitted { method, streaming, in_contract, budget } = admitted;
-        let deadline = budget.map(|b| Instant::now() + b);
-
-        let (mut parts, body) = request.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-
-        self.inner.metrics.call_started();
-        let log = CallLog { role, method, caller, started, metrics: self.inner.metrics.clone() };
-        // Watches end as soon as draining begins; other calls get the drain time.
-        let stop = if streaming { self.inner.shutdown.draining() } else { self.inner.shutdown.stopping() };
-        let send = async {
-            match deadline {
-                Some(at) => match tokio::time::timeout_at(at, self.inner.link.send(parts, body, in_contract)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(BridgeStatus::new(
-                        Code::DeadlineExceeded,
-                        format!(
-                            "{role}: deadline of {} ms expired before {} answered",
-                            budget.unwrap_or_default().as_millis(),
-                            self.inner.link.labels().join(", ")
-                        ),
-                    )),
-                },
-                None => self.inner.link.send(parts, body, in_contract).await,
-            }
-        };
-        let sent = tokio::select! {
-            sent = send => sent,
-            _ = stop.cancelled() => Err(BridgeStatus::new(Code::Unavailable, self.inner.shutting_down.to_string())),
-        };
-        let (response, hop) = match sent {
-            Ok(sent) => sent,
-            Err(status) => {
-                log.finished_with(&status);
-                return status.into_response();
-            }
-        };
-
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        let header_status = grpc_status_of(&parts.headers);
-        let mut body = RelayBody::response(body, hop, header_status);
-        if let (Some(at), Some(budget)) = (deadline, budget) {
-            body = body.with_deadline(at, budget);
-        }
-        body = body
-            .with_stop(stop.clone().cancelled_owned(), self.inner.shutting_down.clone())
-            .with_observer(Box::new(log));
-        Response::from_parts(parts, body)
+        Ok(Admission::Call(Admitted { method: method.to_owned(), streaming, budget }))
     }
 }
 
@@ -216,8 +141,6 @@ pub(crate) struct Admitted {
     pub method: String,
     /// A long-lived response stream (watches end as soon as draining begins).
     pub streaming: bool,
-    /// A method of the contract as this bridge knows it.
-    pub in_contract: bool,
     /// The call's deadline from now, if it has one.
     pub budget: Option<Duration>,
 }
@@ -296,31 +219,6 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
     })
 }
 
-/// The hyper service of one connection: the forwarder plus who is calling.
-#[derive(Clone)]
-pub struct CallService {
-    forwarder: Forwarder,
-    caller: Arc<Caller>,
-}
-
-impl CallService {
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        self.forwarder.metrics()
-    }
-}
-
-impl hyper::service::Service<Request<Incoming>> for CallService {
-    type Response = Response<RelayBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let forwarder = self.forwarder.clone();
-        let caller = self.caller.clone();
-        Box::pin(async move { Ok(forwarder.handle(request, caller).await) })
-    }
-}
-
 /// Writes the one log line of a relayed call when it ends. Never the body.
 pub(crate) struct CallLog {
     role: &'static str,
@@ -354,12 +252,6 @@ impl CallLog {
             error = %status.message,
             "call failed in the bridge"
         );
-    }
-}
-
-impl CallObserver for CallLog {
-    fn finished(&self, status: Option<&str>, bytes: u64) {
-        self.ended(status.map(status_name).unwrap_or("NONE"), bytes);
     }
 }
 

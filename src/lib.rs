@@ -4,14 +4,13 @@
 //! The two roles are one pipeline built from different parts:
 //!
 //! ```text
-//! listener (UDS | mTLS) -> policy -> forwarder -> link -> connector (mTLS | UDS | TCP loopback)
+//! listener (UDS | mTLS) -> admission (policy, path, deadline) -> frame relay -> dialer -> connector (mTLS | UDS | TCP)
 //! ```
 //!
 //! `shim` and `relay` are library functions; `main.rs` only parses the
 //! command line and calls them, so tests drive the same code.
 
 pub mod admin;
-pub mod body;
 pub mod check;
 pub mod cli;
 pub mod client;
@@ -22,7 +21,6 @@ pub mod fold;
 pub mod forward;
 pub mod frames;
 pub mod health;
-pub mod link;
 pub mod listen;
 pub mod logging;
 pub mod metrics;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::link::Link;
+use crate::connect::dialer::HopStatus;
 
 /// Method names beyond this many distinct ones are counted as "other".
 const MAX_METHODS: usize = 64;
@@ -172,7 +172,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of this role and its `link`.
-    pub fn render(&self, link: &Link, out: &mut String) {
+    pub fn render(&self, status: &HopStatus, labels: &[String], out: &mut String) {
         let role = self.role;
         let methods = lock(&self.methods);
         let mut names: Vec<&String> = methods.keys().collect();
@@ -246,17 +246,11 @@ impl Metrics {
         let (direct, waiting) = self.connections();
         let _ = writeln!(out, "openshell_bridge_client_connections{{role=\"{role}\",path=\"direct\"}} {direct}");
         let _ = writeln!(out, "openshell_bridge_client_connections{{role=\"{role}\",path=\"waiting\"}} {waiting}");
-        let status = link.status();
-        header(
-            out,
-            "openshell_bridge_link_up",
-            "gauge",
-            "1 while the waiting path's link to the next hop is connected (readiness probes use it too).",
-        );
+        header(out, "openshell_bridge_link_up", "gauge", "1 while at least one connection to the next hop is open.");
         let _ = writeln!(
             out,
             "openshell_bridge_link_up{{role=\"{role}\",peer=\"{}\"}} {}",
-            escape(&link.labels().join(",")),
+            escape(&labels.join(",")),
             u8::from(status.connected_to.is_some())
         );
         header(

@@ -10,9 +10,9 @@ use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use tokio::net::TcpListener;
 
+use crate::connect::dialer::{Dialer, Target};
 use crate::connect::Connector;
 use crate::forward::Forwarder;
-use crate::link::{Link, Target};
 use crate::policy::{Access, Policy, Rule};
 use crate::settings::RoleSettings;
 use crate::shutdown::Shutdown;
@@ -112,9 +112,9 @@ pub async fn start(config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<Ru
         anyhow::bail!("no client may call: give --allow-client ID (dns:NAME, uri:URI or cn:NAME) or, explicitly, --allow-any-client");
     }
     let tls = Arc::new(ArcSwap::from_pointee(server_config(&config.tls)?));
-    let link = Link::new("driver", vec![driver_target(&config.driver)], config.settings.link.clone());
+    let dialer = Dialer::new("driver", vec![driver_target(&config.driver)], config.settings.dial.clone());
     let policy = Policy::Clients { rules: config.rules.clone(), any_client: config.any_client };
-    let forwarder = Forwarder::new("relay", link, policy, shutdown.clone(), config.settings.forward.clone());
+    let forwarder = Forwarder::new("relay", dialer, policy, config.settings.forward.clone());
     let certificate = crate::tls::reload::keep_current(
         "relay server certificate",
         &config.tls,
@@ -159,7 +159,11 @@ fn driver_target(driver: &DriverTarget) -> Target {
         DriverTarget::Unix(_) => Authority::from_static("localhost"),
         DriverTarget::Tcp(addr) => addr.to_string().parse().unwrap_or(Authority::from_static("localhost")),
     };
-    Target { connector, scheme: Scheme::HTTP, authority, label: driver.label() }
+    // A driver is local (a Unix socket, or loopback unless the operator
+    // said otherwise), so it is never pinged: gRPC servers answer pings
+    // they did not ask for with GOAWAY too_many_pings.
+    let network = matches!(driver, DriverTarget::Tcp(addr) if !addr.ip().is_loopback());
+    Target { connector, scheme: Scheme::HTTP, authority, label: driver.label(), network }
 }
 
 #[cfg(test)]

@@ -1,17 +1,18 @@
-//! What every role shares besides its own endpoints: link timing, server
+//! What every role shares besides its own endpoints: dial timing, server
 //! limits, forwarding options, the drain time and the admin endpoint.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::connect::dialer::DialSettings;
 use crate::forward::{ForwardOptions, Forwarder};
-use crate::link::LinkSettings;
 use crate::listen::serve::ServerSettings;
 use crate::shutdown::Shutdown;
 
 #[derive(Clone, Debug)]
 pub struct RoleSettings {
-    pub link: LinkSettings,
+    /// How the next hop is dialled.
+    pub dial: DialSettings,
     pub server: ServerSettings,
     pub forward: ForwardOptions,
     /// On SIGTERM, how long calls in flight may take.
@@ -25,7 +26,7 @@ pub struct RoleSettings {
 impl Default for RoleSettings {
     fn default() -> Self {
         RoleSettings {
-            link: LinkSettings::default(),
+            dial: DialSettings::default(),
             server: ServerSettings::default(),
             forward: ForwardOptions::default(),
             drain_timeout: Duration::from_secs(10),

@@ -9,9 +9,10 @@ use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use rustls::pki_types::ServerName;
 
+use crate::connect::dialer::{Dialer, Target};
 use crate::connect::{tls::TlsConnector, Connector};
 use crate::forward::Forwarder;
-use crate::link::{Link, Target};
+use crate::listen::serve::ServerSettings;
 use crate::listen::uds::{self, PrivateSocket};
 use crate::policy::Policy;
 use crate::settings::RoleSettings;
@@ -103,8 +104,8 @@ pub fn start(config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<RunningSh
         .iter()
         .map(|upstream| target_for(upstream, config.server_name.as_deref(), &tls))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let link = Link::new("upstream", targets, config.settings.link.clone());
-    let forwarder = Forwarder::new("shim", link, Policy::LocalPeers, shutdown.clone(), config.settings.forward.clone());
+    let dialer = Dialer::new("upstream", targets, config.settings.dial.clone());
+    let forwarder = Forwarder::new("shim", dialer, Policy::LocalPeers, config.settings.forward.clone());
     let expect = config.expect_server.clone();
     let certificate = crate::tls::reload::keep_current(
         "shim client certificate",
@@ -118,7 +119,7 @@ pub fn start(config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<RunningSh
     let admin = config.settings.start_admin(&forwarder, &shutdown)?;
     tracing::info!(
         socket = %config.socket.display(),
-        upstreams = %forwarder.link().labels().join(", "),
+        upstreams = %forwarder.dialer().labels().join(", "),
         server_name = config.server_name.as_deref().unwrap_or("(the upstream's host)"),
         expect_server = %config.expect_server.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         identity = %describe_certificate(certificate.as_ref()),
@@ -126,7 +127,10 @@ pub fn start(config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<RunningSh
         admin = %admin.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         "shim serving"
     );
-    let task = tokio::spawn(uds::run(socket, forwarder.clone(), config.settings.server, shutdown));
+    // The gateway is a local peer: its death shows as end of file, and it
+    // is never pinged.
+    let server = ServerSettings { keepalive_interval: None, ..config.settings.server };
+    let task = tokio::spawn(uds::run(socket, forwarder.clone(), server, shutdown));
     Ok(RunningShim { socket: config.socket, forwarder, tls, task, admin })
 }
 
@@ -145,6 +149,7 @@ fn target_for(
         scheme: Scheme::HTTPS,
         authority,
         label: format!("upstream {}", upstream.authority()),
+        network: true,
     })
 }
 

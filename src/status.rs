@@ -6,9 +6,7 @@
 //! names the hop and the cause, so an operator can tell "my side" from
 //! "their side".
 
-use http::{HeaderMap, HeaderValue, Response};
-
-use crate::body::RelayBody;
+use http::{HeaderMap, HeaderValue};
 
 /// gRPC status codes the bridge uses (a subset of the gRPC spec).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,15 +78,6 @@ impl BridgeStatus {
             map.insert("grpc-message", value);
         }
     }
-
-    /// A complete Trailers-Only response carrying this status.
-    pub fn into_response(self) -> Response<RelayBody> {
-        let mut response = Response::new(RelayBody::empty());
-        let headers = response.headers_mut();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        self.write_into(headers);
-        response
-    }
 }
 
 impl std::fmt::Display for BridgeStatus {
@@ -122,11 +111,9 @@ mod tests {
     }
 
     #[test]
-    fn trailers_only_response_carries_status_in_headers() {
-        let response = BridgeStatus::new(Code::Unavailable, "upstream x: down").into_response();
-        assert_eq!(response.status(), http::StatusCode::OK);
-        assert_eq!(response.headers()["grpc-status"], "14");
-        assert_eq!(response.headers()["grpc-message"], "upstream x: down");
-        assert_eq!(response.headers()["content-type"], "application/grpc");
+    fn a_status_is_carried_in_grpc_status_and_grpc_message() {
+        let fields = BridgeStatus::new(Code::Unavailable, "upstream x: down").to_header_map();
+        assert_eq!(fields["grpc-status"], "14");
+        assert_eq!(fields["grpc-message"], "upstream x: down");
     }
 }

@@ -121,7 +121,7 @@ async fn gateway_starting_while_the_relay_is_down_rides_out_the_outage() {
     let relay_addr = free_port();
     let socket = dir.path().join("shim/s.sock");
     let mut config = shim_config(&pki, &socket, relay_addr);
-    config.settings.link.connect_wait = Duration::from_secs(10);
+    config.settings.dial.connect_wait = Duration::from_secs(10);
     shim::start(config, shutdown.clone()).unwrap();
 
     // The relay comes up 3 s after the gateway's first call.
@@ -148,7 +148,7 @@ async fn relay_down_longer_than_connect_wait_fails_unavailable_in_bound() {
     let relay_addr = free_port();
     let socket = dir.path().join("shim/s.sock");
     let mut config = shim_config(&pki, &socket, relay_addr);
-    config.settings.link.connect_wait = Duration::from_secs(2);
+    config.settings.dial.connect_wait = Duration::from_secs(2);
     let shutdown = Shutdown::new();
     shim::start(config, shutdown.clone()).unwrap();
     let mut gateway = driver_client(&socket).await.unwrap();
@@ -576,7 +576,7 @@ async fn a_relay_refusing_our_certificate_is_not_redialled_in_a_loop() {
         dir,
         |_| {},
         |shim| {
-            shim.settings.link.connect_wait = Duration::from_secs(2);
+            shim.settings.dial.connect_wait = Duration::from_secs(2);
         },
     )
     .await;
@@ -608,11 +608,11 @@ async fn a_driver_that_appears_after_callers_gave_up_is_reached_by_the_next_call
     let chain = Chain::start_with(
         dir,
         |relay| {
-            relay.settings.link.backoff_initial = Duration::from_secs(4);
-            relay.settings.link.backoff_max = Duration::from_secs(60);
-            relay.settings.link.connect_wait = Duration::from_millis(4500);
+            relay.settings.dial.backoff_initial = Duration::from_secs(4);
+            relay.settings.dial.backoff_max = Duration::from_secs(60);
+            relay.settings.dial.connect_wait = Duration::from_millis(4500);
         },
-        |shim| shim.settings.link.connect_wait = Duration::from_secs(10),
+        |shim| shim.settings.dial.connect_wait = Duration::from_secs(10),
     )
     .await;
     let mut gateway = driver_client(&chain.shim_socket).await.unwrap();

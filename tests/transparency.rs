@@ -245,13 +245,11 @@ async fn metadata_reaches_the_driver_and_statuses_reach_the_gateway_unchanged() 
 }
 
 /// tonic (the gateway's stack) ends a unary request with an empty DATA
-/// frame of its own behind the message. On the direct path the driver gets
-/// the frames the gateway sent. On the waiting path (a connection made while
-/// the driver was down) the bridge carries the end of the stream on the
-/// message's frame instead, so the driver gets the request whole in one
-/// frame rather than a second, empty one later.
+/// frame of its own behind the message. The driver gets the frames the
+/// gateway sent, whether the driver was up as the gateway connected or the
+/// call waited for it on a connection made while it was down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_unary_request_reaches_the_driver_in_the_gateways_frames_or_as_one_that_ends_it() {
+async fn a_unary_request_reaches_the_driver_in_the_gateways_frames_whether_it_waited_or_not() {
     let dir = tempfile::tempdir().unwrap();
     let chain = Chain::start_with(dir, |_| {}, |_| {}).await;
     let request = GetSandboxRequest { sandbox_id: "sb-1".into(), ..Default::default() };
@@ -260,37 +258,27 @@ async fn a_unary_request_reaches_the_driver_in_the_gateways_frames_or_as_one_tha
         let request = request.clone();
         tokio::spawn(async move { driver_client(&socket).await.unwrap().get_sandbox(request).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The call is at the relay, waiting for the driver, once the relay
+    // counts it as open.
+    let relay = chain.relay.forwarder.metrics().clone();
+    wait_for("the call to wait at the relay", || relay.in_flight() == 1).await;
     let driver = RawDriver::serve(&chain.driver_socket, |_| Answer::ok(grpc_frame(b"")));
     waiting.await.unwrap().unwrap();
     let mut direct = driver_client(&chain.driver_socket).await.unwrap();
     direct.get_sandbox(request.clone()).await.unwrap();
+    let bridged = &mut driver_client(&chain.shim_socket).await.unwrap();
+    bridged.get_sandbox(request.clone()).await.unwrap();
     let calls = driver.calls();
     let message = calls[1].body.len();
     assert_eq!(
         calls[1].frames,
         [message, 0],
-        "tonic itself sends the message, then an empty frame that ends the stream (if this changed, the test no longer covers the folding)"
+        "tonic itself sends the message, then an empty frame that ends the stream"
     );
-    assert_eq!(calls[0].frames, [message], "on the waiting path the message's own frame ends the stream");
+    assert_eq!(calls[0].frames, [message, 0], "the call that waited");
+    assert_eq!(calls[2].frames, [message, 0], "a call on a connection made while the driver was up");
     assert_eq!(calls[0].body, calls[1].body);
-
-    // The waiting connection is retired now that the driver answers; the
-    // gateway's next connection takes the direct path.
-    let bridged = &mut driver_client(&chain.shim_socket).await.unwrap();
-    let mut seen = Vec::new();
-    for _ in 0..50 {
-        bridged.get_sandbox(request.clone()).await.unwrap();
-        let calls = driver.calls();
-        let last = calls.last().unwrap();
-        assert_eq!(last.body, calls[1].body);
-        seen.push(last.frames.clone());
-        if last.frames == [message, 0] {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no call took the direct path in 5 s; frames seen: {seen:?}");
+    assert_eq!(calls[2].body, calls[1].body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! plain TCP on loopback). A connector yields a byte stream; the link puts
 //! HTTP/2 on top of it.
 
+pub mod dialer;
 pub mod tls;
 pub mod uds;
 
@@ -37,10 +38,11 @@ pub enum Connector {
 }
 
 impl Connector {
+    /// A connection, each address and step given at most `timeout`.
     pub async fn connect(&self, timeout: Duration) -> Result<BoxIo, ConnectError> {
         let attempt = async {
             match self {
-                Connector::Tls(tls) => tls.connect().await,
+                Connector::Tls(tls) => return tls.connect(timeout).await,
                 Connector::Unix(path) => uds::connect(path).await,
                 Connector::Tcp(addr) => connect_tcp(*addr).await.map(|s| Box::new(s) as BoxIo),
             }

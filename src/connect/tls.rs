@@ -5,6 +5,7 @@
 //! one carries on.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::ServerName;
@@ -22,25 +23,50 @@ pub struct TlsConnector {
 }
 
 impl TlsConnector {
-    pub async fn connect(&self) -> Result<BoxIo, ConnectError> {
-        let addrs: Vec<_> = tokio::net::lookup_host(&self.address)
+    /// Resolves the address and tries each of its addresses in turn, each
+    /// with `timeout` for TCP and again for the TLS handshake: an address
+    /// that swallows packets does not use up the time of the others.
+    pub async fn connect(&self, timeout: Duration) -> Result<BoxIo, ConnectError> {
+        let addrs: Vec<_> = tokio::time::timeout(timeout, tokio::net::lookup_host(&self.address))
             .await
+            .map_err(|_| {
+                ConnectError(format!("cannot resolve {}: no answer within {} ms", self.address, timeout.as_millis()))
+            })?
             .map_err(|e| ConnectError(format!("cannot resolve {}: {e}", self.address)))?
             .collect();
-        let mut last = ConnectError(format!("{} resolved to no address", self.address));
-        for addr in addrs {
-            match connect_tcp(addr).await {
-                Ok(tcp) => {
-                    let connector = RustlsConnector::from(self.config.load_full());
-                    return match connector.connect(self.server_name.clone(), tcp).await {
-                        Ok(stream) => Ok(Box::new(stream)),
-                        Err(e) => Err(ConnectError(format!("TLS handshake failed: {}", describe_tls_io_error(&e)))),
-                    };
+        let mut errors = Vec::new();
+        for addr in &addrs {
+            let tcp = match tokio::time::timeout(timeout, connect_tcp(*addr)).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => {
+                    errors.push(format!("{addr}: {e}"));
+                    continue;
                 }
-                Err(e) => last = e,
-            }
+                Err(_) => {
+                    errors.push(format!("{addr}: no connection within {} ms", timeout.as_millis()));
+                    continue;
+                }
+            };
+            let connector = RustlsConnector::from(self.config.load_full());
+            return match tokio::time::timeout(timeout, connector.connect(self.server_name.clone(), tcp)).await {
+                Ok(Ok(stream)) => Ok(Box::new(stream)),
+                Ok(Err(e)) => Err(ConnectError(format!("TLS handshake failed: {}", describe_tls_io_error(&e)))),
+                Err(_) => {
+                    Err(ConnectError(format!("TLS handshake with {addr}: no answer within {} ms", timeout.as_millis())))
+                }
+            };
         }
-        Err(last)
+        match (addrs.len(), errors.len()) {
+            (0, _) => Err(ConnectError(format!("{} resolved to no address", self.address))),
+            // One address: its error alone, as before.
+            (1, _) => Err(ConnectError(
+                errors
+                    .pop()
+                    .map(|e| e.split_once(": ").map_or(e.clone(), |(_, why)| why.to_owned()))
+                    .unwrap_or_default(),
+            )),
+            _ => Err(ConnectError(errors.join("; "))),
+        }
     }
 }
 

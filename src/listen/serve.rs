@@ -1,18 +1,14 @@
-//! The HTTP/2 server side of a connection on the waiting path (calls wait
-//! for the link), shared by both listeners.
+//! What both listeners share: their limits and timers, the connection
+//! limit, and the check of a client's HTTP/2 preface.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::preface::{Opening, Prefixed};
 use crate::connect::Io;
-use crate::forward::CallService;
 use crate::metrics::{Metrics, Refusal};
-use crate::shutdown::Shutdown;
 
 /// Limits and timers of a listener.
 #[derive(Clone, Debug)]
@@ -25,10 +21,10 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Time a TLS client gets to finish its handshake.
     pub handshake_timeout: Duration,
+    /// Pings to the client: only where it crosses a network (the relay's
+    /// TLS listener), never on the shim's Unix socket.
     pub keepalive_interval: Option<Duration>,
     pub keepalive_timeout: Duration,
-    pub stream_window: u32,
-    pub connection_window: u32,
 }
 
 impl Default for ServerSettings {
@@ -40,8 +36,6 @@ impl Default for ServerSettings {
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_timeout: Duration::from_secs(10),
-            stream_window: 2 * 1024 * 1024,
-            connection_window: 8 * 1024 * 1024,
         }
     }
 }
@@ -82,48 +76,5 @@ pub async fn opening<I: Io>(io: I, settings: &ServerSettings, metrics: &Metrics,
             None
         }
         Err(_) => None,
-    }
-}
-
-/// Serves HTTP/2 (prior knowledge) on `io`, whose preface is checked, as
-/// the waiting path: until the peer leaves or the shutdown ends it (on
-/// draining the connection gets a GOAWAY and its calls may finish; on stop
-/// it is dropped). When `retire` completes the connection is wound down as
-/// on draining.
-pub async fn serve_http2<I: Io>(
-    io: Prefixed<I>,
-    service: CallService,
-    settings: &ServerSettings,
-    shutdown: &Shutdown,
-    peer: &str,
-    retire: impl std::future::Future<Output = ()>,
-) {
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_header_list_size(settings.max_header_list_size)
-        .max_concurrent_streams(settings.max_concurrent_streams)
-        .initial_stream_window_size(settings.stream_window)
-        .initial_connection_window_size(settings.connection_window)
-        .max_frame_size(64 * 1024)
-        // The response headers are the driver's: hyper would add a `date`
-        // to every answer of a driver that sends none.
-        .auto_date_header(false)
-        .keep_alive_interval(settings.keepalive_interval)
-        .keep_alive_timeout(settings.keepalive_timeout);
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = async { tokio::select! { _ = shutdown.draining().cancelled() => {}, _ = retire => {} } } => {
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = connection.as_mut() => result,
-                _ = shutdown.stopping().cancelled() => Ok(()),
-            }
-        }
-    };
-    if let Err(error) = result {
-        tracing::info!(peer, error = %crate::body::describe_hyper_error(&error), "connection ended with an error");
     }
 }

@@ -20,8 +20,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use openshell_driver_bridge::connect::dialer::DialSettings;
 use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
-use openshell_driver_bridge::link::LinkSettings;
 use openshell_driver_bridge::listen::uds::PrivateSocket;
 use openshell_driver_bridge::pki::{self, Ca, LeafSpec};
 use openshell_driver_bridge::policy::{Access, Rule};
@@ -104,19 +104,19 @@ pub fn files(ca: &Path, (cert, key): &(PathBuf, PathBuf)) -> TlsFiles {
     TlsFiles { reload_interval: Duration::from_millis(200), ..TlsFiles::new(ca, cert, key) }
 }
 
-/// Link settings for tests: short waits so failures show within seconds.
-pub fn quick_link() -> LinkSettings {
-    LinkSettings {
+/// Dial settings for tests: short waits so failures show within seconds.
+pub fn quick_dial() -> DialSettings {
+    DialSettings {
         connect_wait: Duration::from_secs(3),
         connect_timeout: Duration::from_secs(2),
         keepalive_interval: Some(Duration::from_secs(1)),
         keepalive_timeout: Duration::from_secs(1),
-        ..LinkSettings::default()
+        ..DialSettings::default()
     }
 }
 
 pub fn quick_settings() -> RoleSettings {
-    RoleSettings { link: quick_link(), drain_timeout: Duration::from_secs(2), ..RoleSettings::default() }
+    RoleSettings { dial: quick_dial(), drain_timeout: Duration::from_secs(2), ..RoleSettings::default() }
 }
 
 pub fn relay_config(pki: &TestPki, driver: DriverTarget) -> RelayConfig {
@@ -405,7 +405,7 @@ pub async fn relay_tls(addr: SocketAddr, pki: &TestPki) -> openshell_driver_brid
         server_name: rustls::pki_types::ServerName::try_from("localhost").unwrap(),
         config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
     };
-    connector.connect().await.unwrap()
+    connector.connect(Duration::from_secs(5)).await.unwrap()
 }
 
 async fn raw_call_over(
@@ -499,4 +499,15 @@ pub fn tally<'a>(items: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str, u
         *out.entry(item).or_insert(0) += 1;
     }
     out
+}
+
+/// Waits until `condition` holds, polling it, for at most 20 s (a bound
+/// for a loaded machine, not a promise of the bridge's); panics naming
+/// `what` when it never does.
+pub async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(std::time::Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
