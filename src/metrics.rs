@@ -463,7 +463,7 @@ mod tests {
     /// or a sample `name{key="value",...} number` whose label values hold
     /// only the escapes `\\`, `\"` and `\n`. Returns the samples' label
     /// values, unescaped.
-    pub(crate) fn parse_exposition(text: &str) -> Vec<Vec<(String, String)>> {
+    fn parse_exposition(text: &str) -> Vec<Vec<(String, String)>> {
         assert!(text.ends_with('\n'), "exposition must end with a newline");
         let mut samples = Vec::new();
         for line in text.lines() {
