@@ -1,5 +1,6 @@
 //! The admin endpoint: `/healthz` (the process answers), `/readyz` (the
-//! next hop can be reached) and `/metrics` (Prometheus text). Plain HTTP/1.1
+//! next hop can be reached) and `/metrics` (Prometheus text, or OpenMetrics
+//! when the scraper's `Accept` asks for it). Plain HTTP/1.1
 //! and unauthenticated, so it listens on loopback unless the operator says
 //! otherwise with `--unsafe-admin`.
 
@@ -14,6 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::forward::Forwarder;
+use crate::metrics::{Exposition, HopState};
 use crate::shutdown::Shutdown;
 
 /// How long `/readyz` waits for the next hop.
@@ -75,15 +77,30 @@ async fn answer(request: Request<Incoming>, forwarder: &Forwarder) -> Response<F
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
         },
         ("GET", "/metrics") => {
+            let accept = request.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
+            let format = Exposition::from_accept(accept);
             let mut out = String::with_capacity(4096);
-            forwarder.metrics().render(&forwarder.dialer().status(), &forwarder.dialer().labels(), &mut out);
+            forwarder.metrics().render(&hop_state(forwarder), format, &mut out);
             let mut response = text(StatusCode::OK, out);
             response
                 .headers_mut()
-                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(format.content_type()));
             response
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n".into()),
+    }
+}
+
+/// The next hop's state as the metrics show it.
+fn hop_state(forwarder: &Forwarder) -> HopState {
+    let dialer = forwarder.dialer();
+    let status = dialer.status();
+    HopState {
+        peer: dialer.labels().join(","),
+        up: status.open > 0,
+        connected_to: status.connected_to,
+        last_error: status.last_error,
+        connects: status.connects,
     }
 }
 

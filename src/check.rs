@@ -57,6 +57,7 @@ use crate::proto::compute::compute_driver_client::ComputeDriverClient;
 use crate::proto::compute::{GetCapabilitiesRequest, GetCapabilitiesResponse, ListSandboxesRequest};
 use crate::relay::{DriverTarget, RelayConfig};
 use crate::shim::{ShimConfig, Upstream};
+use crate::status::code_name;
 use crate::tls::config::{client_config, provider, TlsFiles};
 use crate::tls::identity::PeerIdentity;
 use crate::tls::material::{self, CertInfo, MaterialError, Validity};
@@ -1337,29 +1338,6 @@ fn error_chain(error: &(dyn StdError + 'static)) -> String {
         next = e.source();
     }
     parts.join(": ")
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code as C;
-    match code {
-        C::Ok => "OK",
-        C::Cancelled => "CANCELLED",
-        C::Unknown => "UNKNOWN",
-        C::InvalidArgument => "INVALID_ARGUMENT",
-        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        C::NotFound => "NOT_FOUND",
-        C::AlreadyExists => "ALREADY_EXISTS",
-        C::PermissionDenied => "PERMISSION_DENIED",
-        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        C::FailedPrecondition => "FAILED_PRECONDITION",
-        C::Aborted => "ABORTED",
-        C::OutOfRange => "OUT_OF_RANGE",
-        C::Unimplemented => "UNIMPLEMENTED",
-        C::Internal => "INTERNAL",
-        C::Unavailable => "UNAVAILABLE",
-        C::DataLoss => "DATA_LOSS",
-        C::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -119,7 +119,7 @@ impl Forwarder {
             }
         };
         if let Err(denied) = self.inner.policy.authorize(caller, method) {
-            tracing::warn!(role, caller = %caller, method = %method, reason = %denied.0, "refused by policy");
+            tracing::warn!(role, caller = %caller, method = %printable(method), reason = %denied.0, "refused by policy");
             self.inner.metrics.refused(Refusal::Policy);
             return Err(BridgeStatus::new(Code::PermissionDenied, format!("{role}: {}", denied.0)));
         }
@@ -156,9 +156,10 @@ pub fn route(path: &str) -> Result<&str, BridgeStatus> {
     }
 }
 
-/// Keeps logged paths to one line of printable ASCII.
-fn printable(text: &str) -> String {
-    text.chars().take(200).map(|c| if c.is_ascii_graphic() { c } else { '?' }).collect()
+/// Wire text (a path, a header value) for a log line or an error: escaped
+/// and bounded.
+fn printable(text: &str) -> crate::escape::ForLog<'_> {
+    crate::escape::for_log(text, crate::escape::LIMIT)
 }
 
 /// Connection-specific headers of RFC 9110 §7.6.1. `te: trailers` is kept:
@@ -245,7 +246,7 @@ impl CallLog {
         tracing::warn!(
             target: CALL_LOG_TARGET,
             role = self.role,
-            method = %self.method,
+            method = %printable(&self.method),
             caller = %self.caller,
             status = status.code.name(),
             ms = self.started.elapsed().as_millis() as u64,
@@ -262,7 +263,7 @@ impl CallLog {
         tracing::debug!(
             target: CALL_LOG_TARGET,
             role = self.role,
-            method = %self.method,
+            method = %printable(&self.method),
             caller = %self.caller,
             status = if code == "NONE" { "none (stream cut)" } else { code },
             ms = self.started.elapsed().as_millis() as u64,
@@ -273,28 +274,7 @@ impl CallLog {
 }
 
 /// `OK`, `NOT_FOUND`, ... for a numeric `grpc-status`.
-pub fn status_name(code: &str) -> &'static str {
-    match code {
-        "0" => "OK",
-        "1" => "CANCELLED",
-        "2" => "UNKNOWN",
-        "3" => "INVALID_ARGUMENT",
-        "4" => "DEADLINE_EXCEEDED",
-        "5" => "NOT_FOUND",
-        "6" => "ALREADY_EXISTS",
-        "7" => "PERMISSION_DENIED",
-        "8" => "RESOURCE_EXHAUSTED",
-        "9" => "FAILED_PRECONDITION",
-        "10" => "ABORTED",
-        "11" => "OUT_OF_RANGE",
-        "12" => "UNIMPLEMENTED",
-        "13" => "INTERNAL",
-        "14" => "UNAVAILABLE",
-        "15" => "DATA_LOSS",
-        "16" => "UNAUTHENTICATED",
-        _ => "INVALID_STATUS",
-    }
-}
+pub use crate::status::status_name;
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,7 @@ pub mod client;
 pub mod config;
 pub mod connect;
 pub mod demo;
+pub mod escape;
 pub mod fold;
 pub mod forward;
 pub mod frames;

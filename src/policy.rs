@@ -98,7 +98,10 @@ impl Policy {
                 identity.names().collect::<Vec<_>>().join(", ")
             ))),
             Some(access) if access.permits(method) => Ok(()),
-            Some(_) => Err(Denied(format!("client identity {identity} is read-only and may not call {method}"))),
+            Some(_) => Err(Denied(format!(
+                "client identity {identity} is read-only and may not call {}",
+                crate::escape::for_log(method, crate::escape::LIMIT)
+            ))),
         }
     }
 

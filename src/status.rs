@@ -8,7 +8,8 @@
 
 use http::{HeaderMap, HeaderValue};
 
-/// gRPC status codes the bridge uses (a subset of the gRPC spec).
+/// gRPC status codes the bridge uses (a subset of the gRPC spec), numbered
+/// as gRPC numbers them; names come from `tonic::Code`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Code {
@@ -24,33 +25,57 @@ pub enum Code {
 }
 
 impl Code {
+    /// The code as a `grpc-status` value.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Code::Cancelled => "1",
-            Code::Unknown => "2",
-            Code::DeadlineExceeded => "4",
-            Code::NotFound => "5",
-            Code::PermissionDenied => "7",
-            Code::ResourceExhausted => "8",
-            Code::Unimplemented => "12",
-            Code::Internal => "13",
-            Code::Unavailable => "14",
-        }
+        // Indexed by the code's number, which the enum keeps equal to gRPC's.
+        const NUMBERS: [&str; 17] =
+            ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
+        NUMBERS[self as usize]
     }
 
+    /// `UNAVAILABLE`, `DEADLINE_EXCEEDED`, ...
     pub fn name(self) -> &'static str {
-        match self {
-            Code::Cancelled => "CANCELLED",
-            Code::Unknown => "UNKNOWN",
-            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-            Code::NotFound => "NOT_FOUND",
-            Code::PermissionDenied => "PERMISSION_DENIED",
-            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-            Code::Unimplemented => "UNIMPLEMENTED",
-            Code::Internal => "INTERNAL",
-            Code::Unavailable => "UNAVAILABLE",
-        }
+        code_name(self.into())
     }
+}
+
+impl From<Code> for tonic::Code {
+    fn from(code: Code) -> tonic::Code {
+        tonic::Code::from_i32(code as i32)
+    }
+}
+
+/// The canonical name of a gRPC status code (`OK`, `DEADLINE_EXCEEDED`), as
+/// the gRPC spec and every gRPC library spell it: `tonic::Code`'s variant
+/// in upper snake case (a test holds the two together).
+pub const fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The name of a numeric `grpc-status` value (`"14"` is `UNAVAILABLE`).
+/// A value that is no status code reads as `UNKNOWN`, as a gRPC client
+/// reads it; so the names are a fixed set. Allocates nothing.
+pub fn status_name(value: &str) -> &'static str {
+    code_name(tonic::Code::from_bytes(value.as_bytes()))
 }
 
 /// A status the bridge answers with instead of the peer's.
@@ -103,6 +128,54 @@ pub fn percent_encode(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `FailedPrecondition` -> `FAILED_PRECONDITION`.
+    fn upper_snake(camel: &str) -> String {
+        let mut out = String::new();
+        for (i, c) in camel.chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_uppercase());
+        }
+        out
+    }
+
+    #[test]
+    fn status_names_are_tonics_codes_in_upper_snake_case() {
+        for n in 0..=16 {
+            let code = tonic::Code::from_i32(n);
+            assert_eq!(code as i32, n);
+            assert_eq!(code_name(code), upper_snake(&format!("{code:?}")), "{n}");
+            assert_eq!(status_name(&n.to_string()), code_name(code));
+        }
+        assert_eq!(status_name("14"), "UNAVAILABLE");
+        assert_eq!(status_name("4"), "DEADLINE_EXCEEDED");
+        for bad in ["17", "-1", "", "01", "1 ", "UNAVAILABLE", "99999999999"] {
+            assert_eq!(status_name(bad), "UNKNOWN", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_bridges_codes_are_grpcs() {
+        use Code::*;
+        for code in [
+            Cancelled,
+            Unknown,
+            DeadlineExceeded,
+            NotFound,
+            PermissionDenied,
+            ResourceExhausted,
+            Unimplemented,
+            Internal,
+            Unavailable,
+        ] {
+            let theirs = tonic::Code::from(code);
+            assert_eq!(theirs as i32, code as i32);
+            assert_eq!(code.as_str(), (code as i32).to_string());
+            assert_eq!(code.name(), code_name(theirs));
+        }
+    }
 
     #[test]
     fn grpc_message_is_percent_encoded() {

@@ -16,14 +16,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A plain HTTP/1.1 GET; (status code, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (code, _, body) = get_with(addr, path, "").await;
+    (code, body)
+}
+
+/// A GET with `extra` header lines; (status code, head, body).
+async fn get_with(addr: SocketAddr, path: &str, extra: &str) -> (u16, String, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{extra}\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut reply = String::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut reply)).await.unwrap().unwrap();
     let code = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (code, body)
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    (code, head.to_owned(), body.to_owned())
 }
 
 fn admin_on_loopback() -> Option<SocketAddr> {
@@ -76,7 +82,7 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
         "openshell_bridge_open_calls{role=\"shim\"} 1",
         "openshell_bridge_refused_total{role=\"shim\",reason=\"path\"} 1",
         // The gateway's connection.
-        "openshell_bridge_client_connections{role=\"shim\",path=\"direct\"} 1",
+        "openshell_bridge_client_connections{role=\"shim\"} 1",
         "# TYPE openshell_bridge_call_duration_seconds histogram",
     ] {
         assert!(metrics.contains(expected), "missing {expected:?} in:\n{metrics}");
@@ -97,8 +103,7 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     );
     assert!(relay_metrics.contains("openshell_bridge_response_bytes_total{role=\"relay\"}"), "{relay_metrics}");
     // The gateway's connection through the shim (the probe's is gone).
-    let relay_clients =
-        metric_value(&relay_metrics, "openshell_bridge_client_connections{role=\"relay\",path=\"direct\"}");
+    let relay_clients = metric_value(&relay_metrics, "openshell_bridge_client_connections{role=\"relay\"}");
     assert!(relay_clients >= 1.0, "{relay_metrics}");
     assert_eq!(get(shim_admin, "/nothing").await.0, 404);
 }
@@ -217,4 +222,163 @@ fn metric_value(scrape: &str, series: &str) -> f64 {
         .lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in:\n{scrape}"))
+}
+
+/// One call whose `:path` is sent as it is, over an HTTP/2 connection
+/// spoken frame by frame (a client library refuses a newline in a path).
+/// Returns the `grpc-status` of the answer, or what ended the stream.
+async fn call_with_raw_path(socket: &std::path::Path, path: &str) -> String {
+    use h2::frame::{BytesStr, Data, Frame, Headers, Pseudo, Settings};
+    use tokio_stream::StreamExt;
+    let mut io = tokio::net::UnixStream::connect(socket).await.unwrap();
+    io.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    let mut codec: h2::Codec<_, bytes::Bytes> = h2::Codec::new(io);
+    let id = h2::frame::StreamId::from(1);
+    let uri: http::Uri = "http://localhost/placeholder".parse().unwrap();
+    let mut pseudo = Pseudo::request(http::Method::POST, uri, None);
+    pseudo.path = Some(BytesStr::try_from(bytes::Bytes::copy_from_slice(path.as_bytes())).unwrap());
+    let mut fields = http::HeaderMap::new();
+    fields.insert("content-type", "application/grpc".parse().unwrap());
+    fields.insert("te", "trailers".parse().unwrap());
+    let mut data = Data::new(id, grpc_frame(b""));
+    data.set_end_stream(true);
+    let frames: Vec<Frame> = vec![Settings::default().into(), Headers::new(id, pseudo, fields).into(), data.into()];
+    for frame in frames {
+        std::future::poll_fn(|cx| codec.poll_ready(cx)).await.unwrap();
+        codec.buffer(frame).unwrap();
+    }
+    std::future::poll_fn(|cx| codec.flush(cx)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, codec.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => return format!("connection error: {e}"),
+            Ok(None) => return "connection closed".into(),
+            Err(_) => panic!("no answer to {path:?}"),
+        };
+        match frame {
+            Frame::Settings(settings) if !settings.is_ack() => {
+                std::future::poll_fn(|cx| codec.poll_ready(cx)).await.unwrap();
+                codec.buffer(Settings::ack().into()).unwrap();
+                std::future::poll_fn(|cx| codec.flush(cx)).await.unwrap();
+            }
+            Frame::Headers(headers) if headers.stream_id() == id => {
+                if let Some(status) = headers.fields().get("grpc-status") {
+                    return status.to_str().unwrap().to_owned();
+                }
+                if headers.is_end_stream() {
+                    return "ended without grpc-status".into();
+                }
+            }
+            Frame::Reset(reset) if reset.stream_id() == id => return format!("reset: {:?}", reset.reason()),
+            Frame::GoAway(goaway) => return format!("goaway: {:?}", goaway.reason()),
+            _ => {}
+        }
+    }
+}
+
+/// Checks every line of a text exposition: `# HELP`, `# TYPE`, `# EOF`, or
+/// a sample `name{key="value",...} number` whose label values hold only
+/// the escapes `\\`, `\"` and `\n`. Returns each sample's labels, unescaped.
+fn parse_exposition(text: &str) -> Vec<Vec<(String, String)>> {
+    assert!(text.ends_with('\n'), "exposition must end with a newline");
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let known = comment.starts_with("HELP openshell_bridge_")
+                || comment.starts_with("TYPE openshell_bridge_")
+                || comment == "EOF";
+            assert!(known, "stray comment line {line:?} in:\n{text}");
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value in {line:?}"));
+        let name = &line[..name_end];
+        let name_ok =
+            name.starts_with("openshell_bridge_") && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        assert!(name_ok, "bad metric name in {line:?} in:\n{text}");
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(after) = rest.strip_prefix('{') {
+            rest = after;
+            loop {
+                let eq = rest.find("=\"").unwrap_or_else(|| panic!("bad label in {line:?}"));
+                let key = &rest[..eq];
+                assert!(!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line:?}");
+                let mut value = String::new();
+                let mut chars = rest[eq + 2..].char_indices();
+                let end = loop {
+                    match chars.next() {
+                        Some((i, '"')) => break i,
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, 'n')) => value.push('\n'),
+                            Some((_, c @ ('\\' | '"'))) => value.push(c),
+                            other => panic!("bad escape {other:?} in {line:?}"),
+                        },
+                        Some((_, c)) => value.push(c),
+                        None => panic!("unterminated label value in {line:?} in:\n{text}"),
+                    }
+                };
+                labels.push((key.to_owned(), value));
+                rest = &rest[eq + 2 + end + 1..];
+                match rest.strip_prefix(',') {
+                    Some(after) => rest = after,
+                    None => {
+                        rest = rest.strip_prefix('}').unwrap_or_else(|| panic!("no closing brace in {line:?}"));
+                        break;
+                    }
+                }
+            }
+        }
+        let value = rest.strip_prefix(' ').unwrap_or_else(|| panic!("no value in {line:?}"));
+        assert!(value.parse::<f64>().is_ok() || value == "+Inf", "bad value in {line:?} in:\n{text}");
+        samples.push(labels);
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_from_the_wire_cannot_forge_log_lines_or_break_the_scrape() {
+    use common::process::{field, ProcessChain};
+    let chain =
+        ProcessChain::start(&[], &["--admin", "127.0.0.1:0"], &[("RUST_LOG", "info,openshell_bridge::call=debug")])
+            .await;
+    let line = chain.shim.expect_log(&["admin endpoint serving"]).await;
+    let admin: SocketAddr = field(&line, "admin=").expect("admin= in the shim's log").parse().unwrap();
+
+    // A method of the service whose name holds a newline, a quote and a
+    // backslash (the relay and the driver get it as it is), and a path
+    // outside the contract with a newline and a quote, refused by the shim.
+    let method = "Bad\nFORGED INFO openshell_driver_bridge: \"x\\y";
+    let inside = format!("/openshell.compute.v1.ComputeDriver/{method}");
+    let outside = "/other.Service/Evil\nFORGED WARN \"path\"";
+    let answered = call_with_raw_path(&chain.shim_socket, &inside).await;
+    assert!(!answered.is_empty());
+    assert_eq!(call_with_raw_path(&chain.shim_socket, outside).await, "12");
+
+    // The scrape parses line by line and carries the method name whole.
+    for (accept, last) in [("", "\n"), ("Accept: application/openmetrics-text;version=1.0.0\r\n", "# EOF\n")] {
+        let (code, head, body) = get_with(admin, "/metrics", accept).await;
+        assert_eq!(code, 200);
+        assert!(body.ends_with(last), "{body}");
+        let samples = parse_exposition(&body);
+        assert!(
+            samples.iter().flatten().any(|(key, value)| key == "method" && value == method),
+            "no sample with method {method:?} in:\n{body}"
+        );
+        assert!(body.contains(r#"method="Bad\nFORGED INFO openshell_driver_bridge: \"x\\y""#), "{body}");
+        assert!(body.contains("openshell_bridge_refused_total{role=\"shim\",reason=\"path\"} 1"), "{body}");
+        let wanted = if accept.is_empty() { "text/plain; version=0.0.4" } else { "application/openmetrics-text" };
+        assert!(head.to_ascii_lowercase().contains(&format!("content-type: {wanted}")), "{head}");
+    }
+
+    // The log holds both, escaped; no line of it starts where a name said.
+    chain.shim.expect_log(&["refused: path outside the contract", r#"Evil\nFORGED WARN \"path\""#]).await;
+    chain.shim.expect_log(&["openshell_bridge::call", r#"Bad\nFORGED INFO openshell_driver_bridge: \"x\\y"#]).await;
+    chain.relay.expect_log(&["openshell_bridge::call", r#"Bad\nFORGED INFO"#]).await;
+    for bridge in [&chain.shim, &chain.relay] {
+        let log = bridge.output();
+        for line in log.lines().filter(|l| l.contains("FORGED")) {
+            assert!(line.contains("\\nFORGED"), "{}: a raw newline from the wire in the log:\n{log}", bridge.name);
+        }
+    }
 }

@@ -19,6 +19,8 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
+use crate::escape::{for_log, LIMIT};
+
 use crate::proto::compute::compute_driver_server::{ComputeDriver, ComputeDriverServer};
 use crate::proto::compute::gateway_listener_requirement::Selector;
 use crate::proto::compute::watch_sandboxes_event::Payload;
@@ -236,7 +238,7 @@ impl DemoDriver {
             return;
         }
         self.enter_phase(sandbox, Phase::Running);
-        debug!(sandbox_id = %id, "demo sandbox provisioned");
+        debug!(sandbox_id = %for_log(id, LIMIT), "demo sandbox provisioned");
     }
 
     /// Completes an asynchronous delete.
@@ -248,7 +250,7 @@ impl DemoDriver {
         }
         state.sandboxes.remove(id);
         self.emit(deleted_event(id));
-        debug!(sandbox_id = %id, "demo sandbox removed");
+        debug!(sandbox_id = %for_log(id, LIMIT), "demo sandbox removed");
     }
 
     fn spawn_after(&self, delay: Duration, work: impl FnOnce(&DemoDriver) + Send + 'static) {
@@ -324,7 +326,7 @@ impl ComputeDriver for DemoDriver {
     async fn get_sandbox(&self, request: Request<GetSandboxRequest>) -> Result<Response<GetSandboxResponse>, Status> {
         let GetSandboxRequest { sandbox_id, sandbox_name } = request.into_inner();
         self.count_call("GetSandbox");
-        debug!(method = "GetSandbox", %sandbox_id, %sandbox_name, "demo driver call");
+        debug!(method = "GetSandbox", sandbox_id = %for_log(&sandbox_id, LIMIT), sandbox_name = %for_log(&sandbox_name, LIMIT), "demo driver call");
         let state = self.lock();
         let sandbox = resolve(&state, &sandbox_id, &sandbox_name)?
             .and_then(|key| state.sandboxes.get(&key).cloned())
@@ -371,7 +373,7 @@ impl ComputeDriver for DemoDriver {
     ) -> Result<Response<StopSandboxResponse>, Status> {
         let StopSandboxRequest { sandbox_id, sandbox_name } = request.into_inner();
         self.count_call("StopSandbox");
-        debug!(method = "StopSandbox", %sandbox_id, %sandbox_name, "demo driver call");
+        debug!(method = "StopSandbox", sandbox_id = %for_log(&sandbox_id, LIMIT), sandbox_name = %for_log(&sandbox_name, LIMIT), "demo driver call");
         self.change_phase(&sandbox_id, &sandbox_name, Phase::Stopped)?;
         Ok(Response::new(StopSandboxResponse {}))
     }
@@ -382,7 +384,7 @@ impl ComputeDriver for DemoDriver {
     ) -> Result<Response<StartSandboxResponse>, Status> {
         let StartSandboxRequest { sandbox_id, sandbox_name } = request.into_inner();
         self.count_call("StartSandbox");
-        debug!(method = "StartSandbox", %sandbox_id, %sandbox_name, "demo driver call");
+        debug!(method = "StartSandbox", sandbox_id = %for_log(&sandbox_id, LIMIT), sandbox_name = %for_log(&sandbox_name, LIMIT), "demo driver call");
         self.change_phase(&sandbox_id, &sandbox_name, Phase::Running)?;
         Ok(Response::new(StartSandboxResponse {}))
     }
@@ -393,7 +395,7 @@ impl ComputeDriver for DemoDriver {
     ) -> Result<Response<DeleteSandboxResponse>, Status> {
         let DeleteSandboxRequest { sandbox_id, sandbox_name } = request.into_inner();
         self.count_call("DeleteSandbox");
-        debug!(method = "DeleteSandbox", %sandbox_id, %sandbox_name, "demo driver call");
+        debug!(method = "DeleteSandbox", sandbox_id = %for_log(&sandbox_id, LIMIT), sandbox_name = %for_log(&sandbox_name, LIMIT), "demo driver call");
         let (key, instance_id) = {
             let mut state = self.lock();
             let Some(key) = resolve(&state, &sandbox_id, &sandbox_name)? else {
@@ -438,7 +440,7 @@ impl ComputeDriver for DemoDriver {
     ) -> Result<Response<EnsureWorkspaceResponse>, Status> {
         let workspace = request.into_inner().workspace;
         self.count_call("EnsureWorkspace");
-        debug!(method = "EnsureWorkspace", %workspace, "demo driver call");
+        debug!(method = "EnsureWorkspace", workspace = %for_log(&workspace, LIMIT), "demo driver call");
         if workspace.is_empty() {
             return Err(Status::invalid_argument("workspace is required"));
         }
@@ -452,7 +454,7 @@ impl ComputeDriver for DemoDriver {
     ) -> Result<Response<DeleteWorkspaceResponse>, Status> {
         let workspace = request.into_inner().workspace;
         self.count_call("DeleteWorkspace");
-        debug!(method = "DeleteWorkspace", %workspace, "demo driver call");
+        debug!(method = "DeleteWorkspace", workspace = %for_log(&workspace, LIMIT), "demo driver call");
         self.lock().workspaces.remove(&workspace);
         Ok(Response::new(DeleteWorkspaceResponse {}))
     }

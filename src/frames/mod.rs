@@ -85,7 +85,7 @@ pub async fn serve<I: Io>(
     // A client whose every call is refused must not make the bridge open a
     // connection to the next hop on its behalf.
     let dial = forwarder.policy().admits(&caller);
-    let _serving = forwarder.metrics().serving(true);
+    let _serving = forwarder.metrics().serving();
     let mut relay = FrameRelay::new(io, forwarder, Arc::new(caller), settings, shutdown, dial);
     std::future::poll_fn(|cx| relay.poll_run(cx)).await;
     tracing::debug!(peer, "frame relay ended");

@@ -17,6 +17,8 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
+use crate::escape::{for_log, LIMIT};
+
 /// Longest pattern value accepted; far above any real name, low enough that
 /// a pasted blob is refused instead of silently kept.
 const MAX_PATTERN_LEN: usize = 1024;
@@ -70,10 +72,12 @@ impl PeerIdentity {
 
     /// Every name, each in pattern syntax (`dns:x`, `uri:y`, `cn:z`), so an
     /// operator can paste one straight into an allow-list.
+    /// Names come from the peer's certificate: they are escaped and bounded
+    /// as any text from the wire (a name a pattern could match needs neither).
     pub fn names(&self) -> impl Iterator<Item = String> + '_ {
-        let dns = self.dns.iter().map(|d| format!("dns:{d}"));
-        let uris = self.uris.iter().map(|u| format!("uri:{u}"));
-        let cn = self.cn.iter().map(|c| format!("cn:{c}"));
+        let dns = self.dns.iter().map(|d| format!("dns:{}", for_log(d, LIMIT)));
+        let uris = self.uris.iter().map(|u| format!("uri:{}", for_log(u, LIMIT)));
+        let cn = self.cn.iter().map(|c| format!("cn:{}", for_log(c, LIMIT)));
         dns.chain(uris).chain(cn)
     }
 
@@ -84,15 +88,15 @@ impl PeerIdentity {
 }
 
 /// The most specific name: a URI SAN (workload identity) beats a DNS SAN,
-/// which beats the legacy common name.
+/// which beats the legacy common name. Escaped and bounded: it is logged.
 impl fmt::Display for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(uri) = self.uris.first() {
-            write!(f, "uri:{uri}")
+            write!(f, "uri:{}", for_log(uri, LIMIT))
         } else if let Some(dns) = self.dns.first() {
-            write!(f, "dns:{dns}")
+            write!(f, "dns:{}", for_log(dns, LIMIT))
         } else if let Some(cn) = &self.cn {
-            write!(f, "cn:{cn}")
+            write!(f, "cn:{}", for_log(cn, LIMIT))
         } else {
             f.write_str("(no identity)")
         }
@@ -370,6 +374,15 @@ mod tests {
         assert_eq!(id(&[], &[], Some("a")).to_string(), "cn:a");
         let from_cert = PeerIdentity::from_der(&cert_der(Some("only-cn"), vec![])).unwrap();
         assert_eq!(from_cert.to_string(), "cn:only-cn");
+    }
+
+    #[test]
+    fn names_from_a_certificate_are_escaped_when_shown() {
+        let forged = id(&[], &[], Some("gw\n2026-01-01 INFO \"admin\" allowed"));
+        assert_eq!(forged.to_string(), "cn:gw\\n2026-01-01 INFO \\\"admin\\\" allowed");
+        assert_eq!(forged.names().collect::<Vec<_>>(), ["cn:gw\\n2026-01-01 INFO \\\"admin\\\" allowed"]);
+        let long = id(&[], &[&format!("spiffe://corp/{}", "x".repeat(5000))], None);
+        assert!(long.to_string().len() < 300, "{}", long.to_string().len());
     }
 
     #[test]
