@@ -14,7 +14,8 @@ use std::time::Duration;
 use common::process::{tls_args, Bridge};
 use common::*;
 use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use openshell_driver_bridge::listen::preface::H2_PREFACE;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
 const GET_CAPABILITIES: &str = "/openshell.compute.v1.ComputeDriver/GetCapabilities";
@@ -118,9 +119,9 @@ async fn the_descriptor_limit_is_raised_then_fitted_at_start() {
         100,
         300,
     );
-    raised.expect_log(&["raised the file descriptor limit", "from=100", "to=300"]).await;
     raised.expect_log(&["shim serving"]).await;
     assert!(raised.find_log(&["too low"]).is_none(), "{}", raised.output());
+    raised.expect_log(&["raised the file descriptor limit", "from=100", "to=300"]).await;
     raised.signal(rustix::process::Signal::TERM);
     assert_eq!(raised.wait_exit(Duration::from_secs(10)).await, Some(0));
 
@@ -133,6 +134,25 @@ async fn the_descriptor_limit_is_raised_then_fitted_at_start() {
     ])
     .await;
     shim.expect_log(&["shim serving"]).await;
+    // And it serves 68: each client below is served (the shim answers its
+    // preface with SETTINGS), the 69th is closed on arrival.
+    let socket = dir.path().join("b/shim/s.sock");
+    let mut served = Vec::new();
+    for i in 0..68 {
+        let mut client = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        client.write_all(H2_PREFACE).await.unwrap();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(n)) if n > 0), "client {i} was not served: {read:?}");
+        served.push(client);
+    }
+    let mut extra = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let _ = extra.write_all(H2_PREFACE).await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), extra.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the 69th client was not closed: {read:?}");
+    shim.expect_log(&["connection limit reached"]).await;
+    drop(served);
     shim.signal(rustix::process::Signal::TERM);
     assert_eq!(shim.wait_exit(Duration::from_secs(10)).await, Some(0));
 
@@ -247,5 +267,9 @@ async fn a_client_beyond_the_descriptor_limit_is_closed_at_once() {
         "child:\n{}",
         output()
     );
+    // Folded: the first refusal is logged, the next ones are counted for later.
+    let lines =
+        log.lock().unwrap().iter().filter(|l| l.contains("refused a connection: out of file descriptors")).count();
+    assert_eq!(lines, 1, "child:\n{}", output());
     child.kill().await.unwrap();
 }
