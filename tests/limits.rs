@@ -91,6 +91,58 @@ async fn stalled_handshakes_cannot_lock_a_returning_client_out() {
     drop(stalls);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_refusals_are_logged_folded_by_the_relay_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let mut args: Vec<String> = [
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--driver-socket",
+        "/nonexistent/driver.sock",
+        "--allow-client",
+        "dns:openshell-gateway",
+        "--handshake-timeout",
+        "60s",
+        "--max-handshakes-per-source",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(tls_args(&pki.ca_file, &pki.server));
+    let relay = Bridge::spawn("relay", &args, &[("OPENSHELL_BRIDGE_MAX_HANDSHAKES", "2")]);
+    let line = relay.expect_log(&["relay serving"]).await;
+    let addr: SocketAddr = common::process::field(&line, "listen=").unwrap().parse().unwrap();
+    let source = |n| Ipv4Addr::new(127, 0, 0, n);
+
+    let mut held = vec![stalled(source(2), addr).await];
+    let mut refused = stalled(source(2), addr).await;
+    assert!(
+        closed_within(&mut refused, Duration::from_secs(10)).await,
+        "a second handshake from 127.0.0.2 was not closed"
+    );
+    relay
+        .expect_log(&["refused a connection (handshake_limit)", "--max-handshakes-per-source 1", "from 127.0.0.2"])
+        .await;
+
+    held.push(stalled(source(3), addr).await);
+    let mut refused = stalled(source(4), addr).await;
+    assert!(closed_within(&mut refused, Duration::from_secs(10)).await, "a third handshake in all was not closed");
+    relay
+        .expect_log(&["refused a connection (handshake_limit)", "--max-handshakes 2 TLS handshakes are in progress"])
+        .await;
+
+    let mut again = stalled(source(2), addr).await;
+    assert!(closed_within(&mut again, Duration::from_secs(10)).await);
+    let per_source = relay.log.lock().unwrap().iter().filter(|l| l.contains("--max-handshakes-per-source 1")).count();
+    assert_eq!(per_source, 1, "not folded:\n{}", relay.output());
+    for stream in &mut held {
+        assert!(!closed_within(stream, Duration::from_millis(200)).await, "a handshake within the budgets was closed");
+    }
+}
+
 fn shim_args(dir: &Path, pki: &TestPki, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "shim".into(),
