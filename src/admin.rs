@@ -79,9 +79,7 @@ async fn answer(request: Request<Incoming>, forwarder: &Forwarder) -> Response<F
         ("GET", "/metrics") => {
             let accept = request.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
             let format = Exposition::from_accept(accept);
-            let mut out = String::with_capacity(4096);
-            forwarder.metrics().render(&hop_state(forwarder), format, &mut out);
-            let mut response = text(StatusCode::OK, out);
+            let mut response = text(StatusCode::OK, scrape(forwarder, format));
             response
                 .headers_mut()
                 .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(format.content_type()));
@@ -89,6 +87,13 @@ async fn answer(request: Request<Incoming>, forwarder: &Forwarder) -> Response<F
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n".into()),
     }
+}
+
+/// The metrics of `forwarder`'s role, as a scrape in `format` reads them.
+pub fn scrape(forwarder: &Forwarder, format: Exposition) -> String {
+    let mut out = String::with_capacity(4096);
+    forwarder.metrics().render(&hop_state(forwarder), format, &mut out);
+    out
 }
 
 /// The next hop's state as the metrics show it.

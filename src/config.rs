@@ -192,6 +192,7 @@ impl TuningArgs {
             handshake_timeout: self.handshake_timeout,
             keepalive_interval: nonzero(self.keepalive_interval).map(|d| d * 2),
             keepalive_timeout: self.keepalive_timeout,
+            ..ServerSettings::default()
         }
     }
 
@@ -312,6 +313,12 @@ pub struct RelayArgs {
     /// Admit any client certificate issued by --ca (must be asked for explicitly).
     #[arg(long, env = "OPENSHELL_BRIDGE_ALLOW_ANY_CLIENT")]
     pub allow_any_client: bool,
+    /// TLS handshakes in progress at once, apart from --max-connections; more are closed on arrival.
+    #[arg(long, env = "OPENSHELL_BRIDGE_MAX_HANDSHAKES", default_value_t = 128)]
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress at once from one source address (an IPv6 /64).
+    #[arg(long, env = "OPENSHELL_BRIDGE_MAX_HANDSHAKES_PER_SOURCE", default_value_t = 16)]
+    pub max_handshakes_per_source: usize,
     #[command(flatten)]
     pub file: FileArgs,
     #[command(flatten)]
@@ -325,6 +332,15 @@ pub struct RelayArgs {
 impl RelayArgs {
     pub fn to_config(&self) -> Result<RelayConfig, String> {
         self.tuning.validate()?;
+        if self.max_handshakes == 0 {
+            return Err("--max-handshakes 0: must be at least 1 (no client could connect)".into());
+        }
+        if self.max_handshakes_per_source == 0 {
+            return Err("--max-handshakes-per-source 0: must be at least 1 (no client could connect)".into());
+        }
+        let mut settings = self.tuning.settings(&self.admin);
+        settings.server.max_handshakes = self.max_handshakes;
+        settings.server.max_handshakes_per_source = self.max_handshakes_per_source;
         let listen = resolve_listen(&self.listen)?;
         let driver = match (&self.driver_socket, &self.driver_url) {
             (Some(path), None) => DriverTarget::Unix(path.clone()),
@@ -353,7 +369,7 @@ impl RelayArgs {
             tls: self.tls.files(),
             rules,
             any_client: self.allow_any_client.then_some(Access::Full),
-            settings: self.tuning.settings(&self.admin),
+            settings,
         })
     }
 }

@@ -90,6 +90,10 @@ pub enum Refusal {
     NotHttp2,
     /// The listener was at its connection limit.
     ConnectionLimit,
+    /// Too many TLS handshakes in progress (in all or from the source).
+    HandshakeLimit,
+    /// Out of file descriptors: accepted and closed at once.
+    DescriptorLimit,
 }
 
 impl Refusal {
@@ -101,6 +105,8 @@ impl Refusal {
             Refusal::Http1 => "http1",
             Refusal::NotHttp2 => "not_http2",
             Refusal::ConnectionLimit => "connection_limit",
+            Refusal::HandshakeLimit => "handshake_limit",
+            Refusal::DescriptorLimit => "descriptor_limit",
         }
     }
 }

@@ -101,7 +101,7 @@ pub struct RunningRelay {
 }
 
 /// Loads the TLS material, binds the listener and starts serving.
-pub async fn start(config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<RunningRelay> {
+pub async fn start(mut config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<RunningRelay> {
     if !config.driver.is_local() && !config.unsafe_driver_target {
         anyhow::bail!(
             "--driver-url {}: not a loopback address; the driver hop is plaintext, so it must stay on this host (pass --unsafe-driver-target to allow it anyway)",
@@ -111,6 +111,11 @@ pub async fn start(config: RelayConfig, shutdown: Shutdown) -> anyhow::Result<Ru
     if config.rules.is_empty() && config.any_client.is_none() {
         anyhow::bail!("no client may call: give --allow-client ID (dns:NAME, uri:URI or cn:NAME) or, explicitly, --allow-any-client");
     }
+    // A handshake in progress holds one descriptor: the shared budget plus
+    // the pool of returning clients (see listen::handshakes).
+    let server = &mut config.settings.server;
+    let handshakes = server.max_handshakes.saturating_add(server.max_handshakes_per_source);
+    crate::listen::fds::fit_connections(server, handshakes)?;
     let tls = Arc::new(ArcSwap::from_pointee(server_config(&config.tls)?));
     let dialer = Dialer::new("driver", vec![driver_target(&config.driver)], config.settings.dial.clone());
     let policy = Policy::Clients { rules: config.rules.clone(), any_client: config.any_client };

@@ -97,7 +97,9 @@ pub struct RunningShim {
 
 /// Loads the TLS material, binds the socket and starts serving. Every
 /// problem with the configuration is reported here, before serving.
-pub fn start(config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<RunningShim> {
+pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<RunningShim> {
+    // Local peers are checked by credentials at once: no handshakes to budget.
+    crate::listen::fds::fit_connections(&mut config.settings.server, 0)?;
     let tls = Arc::new(ArcSwap::from_pointee(client_config(&config.tls, &config.expect_server)?));
     let targets = config
         .upstreams

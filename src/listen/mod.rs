@@ -3,6 +3,9 @@
 //! peers by mutual TLS. Both hand each connection, with who is calling, to
 //! the same HTTP/2 server loop.
 
+pub mod accept;
+pub mod fds;
+pub mod handshakes;
 pub mod preface;
 pub mod serve;
 pub mod tls;

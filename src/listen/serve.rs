@@ -21,6 +21,10 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Time a TLS client gets to finish its handshake.
     pub handshake_timeout: Duration,
+    /// TLS handshakes in progress at once (apart from `max_connections`).
+    pub max_handshakes: usize,
+    /// TLS handshakes in progress at once from one source address.
+    pub max_handshakes_per_source: usize,
     /// Pings to the client: only where it crosses a network (the relay's
     /// TLS listener), never on the shim's Unix socket.
     pub keepalive_interval: Option<Duration>,
@@ -34,6 +38,8 @@ impl Default for ServerSettings {
             max_concurrent_streams: 1024,
             max_connections: 1024,
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 128,
+            max_handshakes_per_source: 16,
             keepalive_interval: Some(Duration::from_secs(10)),
             keepalive_timeout: Duration::from_secs(10),
         }
@@ -42,20 +48,27 @@ impl Default for ServerSettings {
 
 /// Bounds the number of connections of one listener.
 #[derive(Clone)]
-pub struct ConnectionLimit(Arc<Semaphore>, usize);
+pub struct ConnectionLimit(Arc<Semaphore>, usize, Arc<crate::fold::Fold>);
 
 impl ConnectionLimit {
     pub fn new(max: usize) -> Self {
-        ConnectionLimit(Arc::new(Semaphore::new(max)), max)
+        ConnectionLimit(Arc::new(Semaphore::new(max)), max, Arc::new(crate::fold::Fold::new(Duration::from_secs(10))))
     }
 
-    /// A permit, or `None` (logged) when the listener is full.
+    /// A permit, or `None` (counted, and logged folded) when the listener is full.
     pub fn admit(&self, listener: &str, metrics: &Metrics) -> Option<OwnedSemaphorePermit> {
         match self.0.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
                 metrics.refused(Refusal::ConnectionLimit);
-                tracing::warn!(listener, max = self.1, "refused a connection: connection limit reached");
+                if let Some(repeated) = self.2.hit("connection limit") {
+                    tracing::warn!(
+                        listener,
+                        max = self.1,
+                        repeated,
+                        "refused a connection: connection limit reached (--max-connections)"
+                    );
+                }
                 None
             }
         }

@@ -6,19 +6,25 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::accept::Acceptor;
+use super::handshakes::{Handshakes, Refused};
 use super::serve::{ConnectionLimit, ServerSettings};
+use crate::fold::Fold;
 use crate::forward::Forwarder;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal};
 use crate::policy::Caller;
 use crate::shutdown::Shutdown;
 use crate::tls::identity::PeerIdentity;
 
-/// Accepts TLS clients on `listener` until draining begins.
+/// Accepts TLS clients on `listener` until draining begins. Handshakes in
+/// progress are bounded by their own budget (see [`super::handshakes`]); the
+/// connection permit is taken once the client is authenticated.
 pub async fn run(
     listener: TcpListener,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
@@ -27,30 +33,40 @@ pub async fn run(
     shutdown: Shutdown,
 ) {
     let limit = ConnectionLimit::new(settings.max_connections);
+    let handshakes = Handshakes::new(settings.max_handshakes, settings.max_handshakes_per_source);
+    let name = match listener.local_addr() {
+        Ok(addr) => format!("relay {addr}"),
+        Err(_) => "relay".to_owned(),
+    };
+    let mut acceptor = Acceptor::new(listener, name);
+    acceptor.count_refusals_in(forwarder.metrics().clone());
+    let refusals = Fold::new(Duration::from_secs(10));
     let settings = Arc::new(settings);
     loop {
         let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = acceptor.accept() => accepted,
             _ = shutdown.draining().cancelled() => break,
         };
-        let Some(permit) = limit.admit("relay", forwarder.metrics()) else {
-            continue;
+        let slot = match handshakes.begin(remote.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refuse_handshake(tcp, remote, why, &handshakes, &refusals, forwarder.metrics());
+                continue;
+            }
         };
         crate::connect::tune_tcp(&tcp);
         let acceptor = TlsAcceptor::from(tls.load_full());
         let forwarder = forwarder.clone();
         let settings = settings.clone();
+        let limit = limit.clone();
+        let handshakes = handshakes.clone();
         let task_shutdown = shutdown.clone();
         shutdown.tasks().spawn(async move {
-            let _permit = permit;
             let Some((stream, caller)) = handshake(acceptor, tcp, remote, &settings, forwarder.metrics()).await else {
+                return;
+            };
+            let _known = handshakes.established(slot);
+            let Some(_permit) = limit.admit("relay", forwarder.metrics()) else {
                 return;
             };
             if !forwarder.policy().admits(&caller) {
@@ -63,6 +79,34 @@ pub async fn run(
             crate::frames::serve(stream, forwarder, caller, &settings, &task_shutdown, &peer).await;
             tracing::debug!(%peer, "client disconnected");
         });
+    }
+}
+
+/// Closes a connection that found no place among the handshakes in
+/// progress; counted, and logged folded.
+fn refuse_handshake(
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    why: Refused,
+    handshakes: &Handshakes,
+    refusals: &Fold,
+    metrics: &Metrics,
+) {
+    drop(tcp);
+    metrics.refused(Refusal::HandshakeLimit);
+    let (kind, text) = match why {
+        Refused::Budget => ("budget", format!("--max-handshakes {} TLS handshakes are in progress", handshakes.max())),
+        Refused::PerSource => (
+            "per source",
+            format!(
+                "--max-handshakes-per-source {} TLS handshakes are in progress from {}",
+                handshakes.max_per_source(),
+                super::handshakes::source_of(remote.ip())
+            ),
+        ),
+    };
+    if let Some(repeated) = refusals.hit(kind) {
+        tracing::warn!(%remote, repeated, "refused a connection (handshake_limit): {text}; closed it at once");
     }
 }
 

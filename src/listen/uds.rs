@@ -15,6 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use std::sync::Arc;
 
+use super::accept::Acceptor;
 use super::serve::{ConnectionLimit, ServerSettings};
 use crate::forward::Forwarder;
 use crate::metrics::{Metrics, Refusal};
@@ -36,7 +37,8 @@ fn refuse(path: &Path, problem: impl Into<String>) -> SocketError {
 
 /// A bound private socket; the socket file is removed when it is dropped.
 pub struct PrivateSocket {
-    listener: UnixListener,
+    /// The listener, with what `accept` failing takes (see [`super::accept`]).
+    acceptor: Acceptor<UnixListener>,
     path: PathBuf,
     inode: (u64, u64),
     allowed_uids: Vec<u32>,
@@ -70,7 +72,7 @@ impl PrivateSocket {
         let mut allowed_uids = vec![uid];
         allowed_uids.extend(extra_uids.iter().copied().filter(|u| *u != uid));
         Ok(PrivateSocket {
-            listener,
+            acceptor: Acceptor::new(listener, format!("socket {}", path.display())),
             path: path.to_path_buf(),
             inode: (meta.dev(), meta.ino()),
             allowed_uids,
@@ -80,6 +82,7 @@ impl PrivateSocket {
 
     /// Counts refused peers in `metrics`.
     pub fn count_refusals_in(mut self, metrics: Arc<Metrics>) -> Self {
+        self.acceptor.count_refusals_in(metrics.clone());
         self.metrics = Some(metrics);
         self
     }
@@ -93,18 +96,12 @@ impl PrivateSocket {
     }
 
     /// The next admitted peer. Peers of other UIDs are dropped with a warning
-    /// and never reach the caller; transient accept errors are logged and
-    /// waited out so a burst of connections cannot end the listener.
+    /// and never reach the caller; accept errors are waited out (or, out of
+    /// descriptors, the waiting peer is closed at once) so a burst of
+    /// connections cannot end the listener.
     pub async fn accept(&self) -> (UnixStream, Caller) {
         loop {
-            let stream = match self.listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(socket = %self.path.display(), error = %e, "accept failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (stream, _) = self.acceptor.accept().await;
             match stream.peer_cred() {
                 Ok(cred) if self.allowed_uids.contains(&cred.uid()) => {
                     return (stream, Caller::Local { uid: cred.uid(), pid: cred.pid() });

@@ -26,7 +26,25 @@ pub struct Bridge {
 impl Bridge {
     /// Starts the binary with `args`; its stderr and stdout are captured.
     pub fn spawn(name: &str, args: &[String], env: &[(&str, &str)]) -> Bridge {
+        Self::spawn_program(name, Command::new(BIN), args, env)
+    }
+
+    /// Like `spawn`, with the descriptor limit (`RLIMIT_NOFILE`) of the
+    /// process set to `soft` and `hard` before it starts.
+    pub fn spawn_with_nofile(name: &str, args: &[String], env: &[(&str, &str)], soft: u64, hard: u64) -> Bridge {
         let mut command = Command::new(BIN);
+        let limit = rustix::process::Rlimit { current: Some(soft), maximum: Some(hard) };
+        // SAFETY: the closure only makes one system call (no allocation, no locks).
+        unsafe {
+            command.pre_exec(move || {
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).map_err(Into::into)
+            });
+        }
+        Self::spawn_program(name, command, args, env)
+    }
+
+    /// Starts `command` (some program) with `args`, its output captured.
+    pub fn spawn_program(name: &str, mut command: Command, args: &[String], env: &[(&str, &str)]) -> Bridge {
         command
             .args(args)
             .env_remove("RUST_LOG")
