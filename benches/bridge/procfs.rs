@@ -33,6 +33,25 @@ pub fn rss_sum(pids: &[u32]) -> Rss {
     pids.iter().filter_map(|pid| rss(*pid)).fold(Rss::default(), Rss::add)
 }
 
+/// Proportional set size now (`Pss` of /proc/PID/smaps_rollup), in KiB:
+/// each resident page divided by the number of processes mapping it, so
+/// the pages a master shares with its workers (code, libraries, memory
+/// made before the fork) are counted once over the family, not once per
+/// process as in a sum of RSS.
+pub fn pss(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// The sum of [`pss`] over `pids`; a process that vanished counts as nothing.
+pub fn pss_sum(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|pid| pss(*pid)).sum()
+}
+
 /// The fields of /proc/PID/stat after the command name; index 0 is field 3
 /// (`state`) of proc(5).
 fn stat_fields(path: &Path) -> Option<Vec<String>> {

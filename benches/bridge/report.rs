@@ -2,16 +2,23 @@
 
 use std::fmt::Write as _;
 
-/// The paths; `copy-chain` is the bridge's shape with byte-copying
+pub use crate::verdict::Better;
+use crate::verdict::{self, Verdict};
+
+/// The paths; `nginx` and `haproxy` are the off-the-shelf peers;
+/// `copy-chain` is the bridge's shape with byte-copying
 /// forwarders in place of shim and relay (the floor for two extra
 /// processes); the last, `bridge-B`, is a second bridge (another build or
 /// another environment) measured only when asked for, for A/B comparisons.
-pub const PATHS: [&str; 6] = ["direct-uds", "direct-mtls", "bridge", "nginx", "copy-chain", "bridge-B"];
+pub const PATHS: [&str; 7] = ["direct-uds", "direct-mtls", "bridge", "nginx", "haproxy", "copy-chain", "bridge-B"];
 pub const MTLS: usize = 1;
 pub const BRIDGE: usize = 2;
 pub const NGINX: usize = 3;
-pub const COPY: usize = 4;
-pub const BRIDGE_B: usize = 5;
+pub const HAPROXY: usize = 4;
+pub const COPY: usize = 5;
+pub const BRIDGE_B: usize = 6;
+/// The peers the bridge is compared with, and the label of each ratio.
+pub const PEERS: [(usize, &str); 2] = [(NGINX, "bridge/nginx"), (HAPROXY, "bridge/haproxy")];
 
 /// One path's result for one workload.
 #[derive(Clone, Debug)]
@@ -52,6 +59,13 @@ impl Cell {
         self.sorted()?.last().copied()
     }
 
+    fn values(&self) -> &[f64] {
+        match self {
+            Cell::Values(v) => v,
+            _ => &[],
+        }
+    }
+
     fn reason(&self) -> Option<&str> {
         match self {
             Cell::Values(_) => None,
@@ -60,19 +74,12 @@ impl Cell {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Better {
-    Lower,
-    Higher,
-}
-
 /// A target on a ratio or on an absolute value.
 #[derive(Clone, Copy, Debug)]
 pub enum Goal {
     AtMost(f64),
     AtLeast(f64),
     Below(f64),
-    Above(f64),
 }
 
 impl Goal {
@@ -81,7 +88,6 @@ impl Goal {
             Goal::AtMost(limit) => value <= limit,
             Goal::AtLeast(limit) => value >= limit,
             Goal::Below(limit) => value < limit,
-            Goal::Above(limit) => value > limit,
         }
     }
 
@@ -90,15 +96,6 @@ impl Goal {
             Goal::AtMost(l) => format!("<={l}"),
             Goal::AtLeast(l) => format!(">={l}"),
             Goal::Below(l) => format!("<{l}"),
-            Goal::Above(l) => format!(">{l}"),
-        }
-    }
-
-    /// "bridge better than nginx" for a row.
-    pub fn better(better: Better) -> Goal {
-        match better {
-            Better::Lower => Goal::Below(1.0),
-            Better::Higher => Goal::Above(1.0),
         }
     }
 }
@@ -111,8 +108,13 @@ pub struct Row {
     pub cells: Vec<Cell>,
     /// Target on the ratio bridge / direct-mtls (medians).
     pub vs_mtls: Option<Goal>,
-    /// Target on the ratio bridge / nginx (medians); `None`: shown for information.
-    pub vs_nginx: Option<Goal>,
+    /// Whether the bridge must beat each peer (indexed like [`PEERS`]) on
+    /// this row, beyond noise (verdict.rs); otherwise the ratio is shown
+    /// for information.
+    pub beat: [bool; 2],
+    /// `false`: no bridge/peer ratio is shown (the figures are not like
+    /// for like, e.g. peak RSS summed over a master and its workers).
+    pub peer_ratios: bool,
     /// Target on the bridge's own value (its worst round).
     pub absolute: Option<Goal>,
 }
@@ -126,7 +128,8 @@ impl Row {
             better,
             cells,
             vs_mtls: None,
-            vs_nginx: None,
+            beat: [false; 2],
+            peer_ratios: true,
             absolute: None,
         }
     }
@@ -138,7 +141,19 @@ impl Row {
 
     /// Requires the bridge to beat nginx on this row.
     pub fn beat_nginx(mut self) -> Row {
-        self.vs_nginx = Some(Goal::better(self.better));
+        self.beat[0] = true;
+        self
+    }
+
+    /// Requires the bridge to beat HAProxy on this row.
+    pub fn beat_haproxy(mut self) -> Row {
+        self.beat[1] = true;
+        self
+    }
+
+    /// Shows no bridge/peer ratio on this row.
+    pub fn no_peer_ratios(mut self) -> Row {
+        self.peer_ratios = false;
         self
     }
 
@@ -148,7 +163,16 @@ impl Row {
     }
 
     fn ratio(&self, other: usize) -> Option<f64> {
+        if !self.peer_ratios && PEERS.iter().any(|(peer, _)| *peer == other) {
+            return None;
+        }
         self.ratio_of(BRIDGE, other)
+    }
+
+    /// The bridge against peer `k` of [`PEERS`], beyond noise.
+    fn beat_verdict(&self, k: usize) -> Option<Verdict> {
+        let (bridge, peer) = (self.cells.get(BRIDGE)?, self.cells.get(PEERS[k].0)?);
+        verdict::beat(self.better, bridge.values(), peer.values())
     }
 
     fn ratio_of(&self, path: usize, base: usize) -> Option<f64> {
@@ -165,20 +189,21 @@ impl Row {
         }
     }
 
-    /// (label, value, goal, verdict) of every target this row carries.
-    pub fn verdicts(&self) -> Vec<(String, Option<f64>, Goal, Option<bool>)> {
+    /// (label, value, target, verdict) of every target this row carries.
+    pub fn verdicts(&self) -> Vec<(String, Option<f64>, String, Option<Verdict>)> {
         let mut out = Vec::new();
         if let Some(goal) = self.vs_mtls {
             let r = self.ratio(MTLS);
-            out.push(("bridge/direct-mtls".to_owned(), r, goal, r.map(|r| goal.met(r))));
+            out.push(("bridge/direct-mtls".to_owned(), r, goal.text(), r.map(|r| met(goal, r))));
         }
-        if let Some(goal) = self.vs_nginx {
-            let r = self.ratio(NGINX);
-            out.push(("bridge/nginx".to_owned(), r, goal, r.map(|r| goal.met(r))));
+        for (k, (peer, label)) in PEERS.iter().enumerate() {
+            if self.beat[k] {
+                out.push(((*label).to_owned(), self.ratio(*peer), beat_text(self.better), self.beat_verdict(k)));
+            }
         }
         if let Some(goal) = self.absolute {
             let v = self.worst();
-            out.push(("bridge".to_owned(), v, goal, v.map(|v| goal.met(v))));
+            out.push(("bridge".to_owned(), v, goal.text(), v.map(|v| met(goal, v))));
         }
         out
     }
@@ -197,11 +222,25 @@ pub fn num(v: f64) -> String {
     }
 }
 
-fn verdict_word(pass: Option<bool>) -> &'static str {
-    match pass {
-        Some(true) => "PASS",
-        Some(false) => "MISS",
-        None => "n/a",
+fn verdict_word(verdict: Option<Verdict>) -> &'static str {
+    verdict.map(Verdict::word).unwrap_or("n/a")
+}
+
+/// A threshold target (against direct-mtls, or absolute): PASS or MISS.
+fn met(goal: Goal, value: f64) -> Verdict {
+    if goal.met(value) {
+        Verdict::Pass
+    } else {
+        Verdict::Miss
+    }
+}
+
+/// The target "beat the peer beyond noise" in words.
+fn beat_text(better: Better) -> String {
+    let margin = verdict::MARGIN;
+    match better {
+        Better::Lower => format!("<={:.2}|apart", 1.0 - margin),
+        Better::Higher => format!(">={:.2}|apart", 1.0 + margin),
     }
 }
 
@@ -242,8 +281,20 @@ fn ratio_text(row: &Row, other: usize, goal: Option<Goal>) -> String {
         return "-".to_owned();
     };
     match goal {
-        Some(goal) => format!("{:.2} {} {}", r, goal.text(), verdict_word(Some(goal.met(r)))),
+        Some(goal) => format!("{:.2} {} {}", r, goal.text(), verdict_word(Some(met(goal, r)))),
         None => format!("{r:.2}"),
+    }
+}
+
+/// bridge / peer `k` with its verdict when the row requires a win.
+fn peer_text(row: &Row, k: usize) -> String {
+    let Some(r) = row.ratio(PEERS[k].0) else {
+        return "-".to_owned();
+    };
+    if row.beat[k] {
+        format!("{r:.2} {}", verdict_word(row.beat_verdict(k)))
+    } else {
+        format!("{r:.2}")
     }
 }
 
@@ -255,7 +306,7 @@ pub fn table(rows: &[Row]) -> String {
     let header: Vec<String> = ["workload (median (min-max) over rounds)"]
         .into_iter()
         .chain(PATHS.into_iter().take(paths))
-        .chain(["bridge/direct-mtls", "bridge/nginx", "copy-chain/direct-mtls", "bridge/copy-chain"])
+        .chain(["bridge/direct-mtls", "bridge/nginx", "bridge/haproxy", "copy-chain/direct-mtls", "bridge/copy-chain"])
         .chain(with_b.then_some("bridge-B/bridge"))
         .map(str::to_owned)
         .collect();
@@ -269,13 +320,16 @@ pub fn table(rows: &[Row]) -> String {
             Some(goal) => {
                 let worst = row.worst();
                 line.push(match worst {
-                    Some(v) => format!("worst {} {} {}", num(v), goal.text(), verdict_word(Some(goal.met(v)))),
+                    Some(v) => {
+                        format!("worst {} {} {}", num(v), goal.text(), verdict_word(Some(met(goal, v))))
+                    }
                     None => "-".to_owned(),
                 });
             }
             None => line.push(ratio_text(row, MTLS, row.vs_mtls)),
         }
-        line.push(ratio_text(row, NGINX, row.vs_nginx));
+        line.push(peer_text(row, 0));
+        line.push(peer_text(row, 1));
         let info = |path, base| row.ratio_of(path, base).map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
         line.push(info(COPY, MTLS));
         line.push(info(BRIDGE, COPY));
@@ -316,15 +370,45 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// How many targets got each verdict.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tally {
+    pub pass: usize,
+    pub tie: usize,
+    pub miss: usize,
+    /// Targets that could not be judged (a path skipped or failed).
+    pub na: usize,
+}
+
+impl Tally {
+    /// "N PASS, N TIE, N MISS" (and the targets not judged, if any).
+    pub fn line(&self) -> String {
+        let mut line = format!("{} PASS, {} TIE, {} MISS", self.pass, self.tie, self.miss);
+        if self.na > 0 {
+            let _ = write!(line, ", {} not judged", self.na);
+        }
+        line
+    }
+
+    pub fn json(&self) -> String {
+        format!(
+            "{{\"pass\": {}, \"tie\": {}, \"miss\": {}, \"not_judged\": {}}}",
+            self.pass, self.tie, self.miss, self.na
+        )
+    }
+}
+
 /// Every target with its verdict, one per line.
-pub fn verdicts(rows: &[Row]) -> (String, usize, usize) {
+pub fn verdicts(rows: &[Row]) -> (String, Tally) {
     let mut out = String::new();
-    let (mut pass, mut miss) = (0, 0);
+    let mut tally = Tally::default();
     for row in rows {
         for (label, value, goal, verdict) in row.verdicts() {
             match verdict {
-                Some(true) => pass += 1,
-                _ => miss += 1,
+                Some(Verdict::Pass) => tally.pass += 1,
+                Some(Verdict::Tie) => tally.tie += 1,
+                Some(Verdict::Miss) => tally.miss += 1,
+                None => tally.na += 1,
             }
             let value = value.map(|v| if label == "bridge" { num(v) } else { format!("{v:.2}") });
             let _ = writeln!(
@@ -334,11 +418,11 @@ pub fn verdicts(rows: &[Row]) -> (String, usize, usize) {
                 row.title,
                 label,
                 value.unwrap_or_else(|| "-".into()),
-                goal.text()
+                goal
             );
         }
     }
-    (out, pass, miss)
+    (out, tally)
 }
 
 // ---------------------------------------------------------------------------
@@ -405,9 +489,10 @@ pub fn json_rows(rows: &[Row]) -> String {
             .map(|(p, c)| format!("        {}: {}", json_string(p), json_cell(c)))
             .collect();
         let ratios = format!(
-            "{{\"bridge/direct-mtls\": {}, \"bridge/nginx\": {}, \"copy-chain/direct-mtls\": {}, \"bridge/copy-chain\": {}{}}}",
+            "{{\"bridge/direct-mtls\": {}, \"bridge/nginx\": {}, \"bridge/haproxy\": {}, \"copy-chain/direct-mtls\": {}, \"bridge/copy-chain\": {}{}}}",
             json_opt(row.ratio(MTLS)),
             json_opt(row.ratio(NGINX)),
+            json_opt(row.ratio(HAPROXY)),
             json_opt(row.ratio_of(COPY, MTLS)),
             json_opt(row.ratio_of(BRIDGE, COPY)),
             if row.cells.len() > BRIDGE_B {
@@ -421,11 +506,12 @@ pub fn json_rows(rows: &[Row]) -> String {
             .into_iter()
             .map(|(label, value, goal, verdict)| {
                 format!(
-                    "{{\"on\": {}, \"value\": {}, \"target\": {}, \"pass\": {}}}",
+                    "{{\"on\": {}, \"value\": {}, \"target\": {}, \"verdict\": {}, \"pass\": {}}}",
                     json_string(&label),
                     json_opt(value),
-                    json_string(&goal.text()),
-                    verdict.map(|v| v.to_string()).unwrap_or_else(|| "null".into())
+                    json_string(&goal),
+                    verdict.map(|v| json_string(v.word())).unwrap_or_else(|| "null".into()),
+                    verdict.map(|v| (v == Verdict::Pass).to_string()).unwrap_or_else(|| "null".into())
                 )
             })
             .collect();
