@@ -7,32 +7,23 @@
 //! listener (UDS | mTLS) -> admission (policy, path, deadline) -> frame relay -> dialer -> connector (mTLS | UDS | TCP)
 //! ```
 //!
-//! `shim` and `relay` are library functions; `main.rs` only parses the
+//! `role::shim` and `role::relay` are library functions; `main.rs` only parses the
 //! command line and calls them, so tests drive the same code.
 
-pub mod admin;
+pub mod admit;
 pub mod check;
 pub mod cli;
-pub mod client;
-pub mod config;
 pub mod connect;
 pub mod demo;
-pub mod escape;
-pub mod fold;
-pub mod forward;
+pub mod describe;
 pub mod frames;
-pub mod health;
+pub mod grpc;
 pub mod listen;
-pub mod logging;
-pub mod metrics;
+pub mod obs;
+pub mod pipeline;
 pub mod pki;
-pub mod policy;
-pub mod quiet_unix;
-pub mod relay;
-pub mod settings;
-pub mod shim;
+pub mod role;
 pub mod shutdown;
-pub mod status;
 pub mod tls;
 
 pub mod proto {

@@ -3,8 +3,9 @@
 
 use std::process::ExitCode;
 
-use openshell_driver_bridge::config::{parse_from, Command, ParseError};
-use openshell_driver_bridge::{cli, logging};
+use openshell_driver_bridge::cli;
+use openshell_driver_bridge::cli::args::{parse_from, Command, ParseError};
+use openshell_driver_bridge::obs::logging;
 
 fn main() -> ExitCode {
     let parsed = match parse_from(std::env::args_os().collect()) {

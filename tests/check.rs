@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::process::{tls_args, Bridge};
 use common::*;
+use openshell_driver_bridge::admit::policy::{Access, Rule};
 use openshell_driver_bridge::pki::{Ca, LeafSpec};
-use openshell_driver_bridge::policy::{Access, Rule};
 
 const SHIM_STEPS: &[&str] = &[
     "config",

@@ -31,8 +31,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::*;
-use openshell_driver_bridge::client::driver_client;
 use openshell_driver_bridge::demo::driver::DemoDriver;
+use openshell_driver_bridge::grpc::client::driver_client;
 use openshell_driver_bridge::proto::compute::watch_sandboxes_event::Payload;
 use openshell_driver_bridge::proto::compute::*;
 use tokio::sync::mpsc;

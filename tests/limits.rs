@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::process::{tls_args, Bridge};
 use common::*;
+use openshell_driver_bridge::connect::open::PREFACE as H2_PREFACE;
 use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
-use openshell_driver_bridge::listen::preface::H2_PREFACE;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -85,9 +85,9 @@ async fn stalled_handshakes_cannot_lock_a_returning_client_out() {
     let response = call_relay(&chain).await;
     assert_eq!(response.grpc_status().as_deref(), Some("0"), "{}", response.grpc_message());
 
-    let metrics = openshell_driver_bridge::admin::scrape(
+    let metrics = openshell_driver_bridge::obs::admin::scrape(
         &chain.relay.forwarder,
-        openshell_driver_bridge::metrics::Exposition::Prometheus,
+        openshell_driver_bridge::obs::metrics::Exposition::Prometheus,
     );
     assert!(metrics.contains("reason=\"handshake_limit\"} 8"), "{metrics}");
     drop(stalls);
@@ -261,7 +261,7 @@ async fn child_shim_out_of_descriptors() {
     let mut config = shim_config(&pki, &dir.join("shim/s.sock"), "127.0.0.1:9".parse().unwrap());
     config.settings.server.max_connections = 8;
     let shutdown = openshell_driver_bridge::shutdown::Shutdown::new();
-    let _shim = openshell_driver_bridge::shim::start(config, shutdown.clone()).unwrap();
+    let _shim = openshell_driver_bridge::role::shim::start(config, shutdown.clone()).unwrap();
     let mut held = Vec::new();
     for _ in 0..1024 {
         match std::fs::File::open("/dev/null") {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::process::Bridge;
 use common::*;
-use openshell_driver_bridge::client::driver_client;
 use openshell_driver_bridge::demo::driver::DemoDriver;
+use openshell_driver_bridge::grpc::client::driver_client;
 use openshell_driver_bridge::proto::compute::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -133,7 +133,7 @@ async fn the_shim_socket_answers_grpc_health_checks() {
     let mut config = shim_config(&pki, &socket, closed);
     config.settings.dial.connect_wait = Duration::from_millis(300);
     let shutdown = openshell_driver_bridge::shutdown::Shutdown::new();
-    openshell_driver_bridge::shim::start(config, shutdown.clone()).unwrap();
+    openshell_driver_bridge::role::shim::start(config, shutdown.clone()).unwrap();
     let response = raw_call(&socket, "/grpc.health.v1.Health/Check", &[], grpc_frame(b"")).await;
     assert_eq!(response.grpc_status().as_deref(), Some("0"));
     assert_eq!(grpc_messages(response.body), vec![bytes::Bytes::from_static(&[0x08, 0x02])], "expected NOT_SERVING");

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::fault::{FaultProxy, Mode};
 use common::*;
-use openshell_driver_bridge::client::driver_client;
 use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
+use openshell_driver_bridge::grpc::client::driver_client;
 use openshell_driver_bridge::proto::compute::watch_sandboxes_event::Payload;
 use openshell_driver_bridge::proto::compute::*;
-use openshell_driver_bridge::relay::{self, DriverTarget, RunningRelay};
-use openshell_driver_bridge::shim::{self, ShimConfig};
+use openshell_driver_bridge::role::relay::{self, DriverTarget, RunningRelay};
+use openshell_driver_bridge::role::shim::{self, ShimConfig};
 use openshell_driver_bridge::shutdown::Shutdown;
 use tonic::Code;
 
@@ -257,8 +257,8 @@ async fn the_second_upstream_serves_when_the_first_refuses() {
     let rig = Rig::start(|config| {
         let proxy_port = config.upstreams[0].port;
         config.upstreams = vec![
-            openshell_driver_bridge::shim::Upstream { host: "127.0.0.1".into(), port: closed.port() },
-            openshell_driver_bridge::shim::Upstream { host: "127.0.0.1".into(), port: proxy_port },
+            openshell_driver_bridge::role::shim::Upstream { host: "127.0.0.1".into(), port: closed.port() },
+            openshell_driver_bridge::role::shim::Upstream { host: "127.0.0.1".into(), port: proxy_port },
         ];
     })
     .await;

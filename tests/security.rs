@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::process::{Bridge, ProcessChain};
 use common::*;
-use openshell_driver_bridge::client::driver_client;
+use openshell_driver_bridge::grpc::client::driver_client;
 use openshell_driver_bridge::pki::{self, Ca, LeafSpec};
 use openshell_driver_bridge::proto::compute::watch_sandboxes_event::Payload;
 use openshell_driver_bridge::proto::compute::*;
@@ -469,14 +469,14 @@ async fn shim_verdict(
     pki: &TestPki,
     dir: &Path,
     addr: std::net::SocketAddr,
-    tweak: impl FnOnce(&mut openshell_driver_bridge::shim::ShimConfig),
+    tweak: impl FnOnce(&mut openshell_driver_bridge::role::shim::ShimConfig),
 ) -> tonic::Status {
     let socket = dir.join(format!("shim-{}/s.sock", addr.port()));
     let mut config = shim_config(pki, &socket, addr);
     config.settings.dial.connect_wait = Duration::from_millis(500);
     tweak(&mut config);
     let shutdown = openshell_driver_bridge::shutdown::Shutdown::new();
-    let _shim = openshell_driver_bridge::shim::start(config, shutdown.clone()).unwrap();
+    let _shim = openshell_driver_bridge::role::shim::start(config, shutdown.clone()).unwrap();
     let mut client = driver_client(&socket).await.unwrap();
     let status = client.get_capabilities(GetCapabilitiesRequest {}).await.unwrap_err();
     shutdown.stop_now();
@@ -535,20 +535,20 @@ async fn a_pinned_spiffe_identity_and_tls12_opt_in_work_end_to_end() {
         shutdown.clone(),
     )
     .unwrap();
-    let mut relay_cfg = relay_config(&pki, openshell_driver_bridge::relay::DriverTarget::Unix(driver_socket));
+    let mut relay_cfg = relay_config(&pki, openshell_driver_bridge::role::relay::DriverTarget::Unix(driver_socket));
     relay_cfg.tls = files(&pki.ca_file, &server);
     relay_cfg.tls.tls12 = true;
-    relay_cfg.rules = vec![openshell_driver_bridge::policy::Rule {
+    relay_cfg.rules = vec![openshell_driver_bridge::admit::policy::Rule {
         pattern: "uri:spiffe://corp/ns/edge/*".parse().unwrap(),
-        access: openshell_driver_bridge::policy::Access::Full,
+        access: openshell_driver_bridge::admit::policy::Access::Full,
     }];
-    let relay = openshell_driver_bridge::relay::start(relay_cfg, shutdown.clone()).await.unwrap();
+    let relay = openshell_driver_bridge::role::relay::start(relay_cfg, shutdown.clone()).await.unwrap();
     let socket = dir.path().join("shim/s.sock");
     let mut shim_cfg = shim_config(&pki, &socket, relay.local_addr);
     shim_cfg.tls = files(&pki.ca_file, &client);
     shim_cfg.tls.tls12 = true;
     shim_cfg.expect_server = vec!["uri:spiffe://corp/ns/drivers/sa/relay".parse().unwrap()];
-    let _shim = openshell_driver_bridge::shim::start(shim_cfg, shutdown.clone()).unwrap();
+    let _shim = openshell_driver_bridge::role::shim::start(shim_cfg, shutdown.clone()).unwrap();
     let mut gateway = driver_client(&socket).await.unwrap();
     let caps = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner();
     assert_eq!(caps.driver_name, "demo");
@@ -571,9 +571,9 @@ async fn refused_calls_with_large_requests_do_not_starve_the_connection() {
     let chain = Chain::start_with(
         dir,
         |relay| {
-            relay.rules = vec![openshell_driver_bridge::policy::Rule {
+            relay.rules = vec![openshell_driver_bridge::admit::policy::Rule {
                 pattern: format!("dns:{GATEWAY_ID}").parse().unwrap(),
-                access: openshell_driver_bridge::policy::Access::ReadOnly,
+                access: openshell_driver_bridge::admit::policy::Access::ReadOnly,
             }]
         },
         |_| {},
@@ -614,9 +614,9 @@ async fn a_client_the_relay_does_not_admit_never_gets_a_driver_connection_opened
     let chain = Chain::start_with(
         dir,
         |relay| {
-            relay.rules = vec![openshell_driver_bridge::policy::Rule {
+            relay.rules = vec![openshell_driver_bridge::admit::policy::Rule {
                 pattern: "dns:someone-else".parse().unwrap(),
-                access: openshell_driver_bridge::policy::Access::Full,
+                access: openshell_driver_bridge::admit::policy::Access::Full,
             }]
         },
         |_| {},

@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use common::fault::{FaultProxy, Mode};
 use common::*;
-use openshell_driver_bridge::client::driver_client;
 use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
+use openshell_driver_bridge::grpc::client::driver_client;
 use openshell_driver_bridge::proto::compute::*;
-use openshell_driver_bridge::relay::{self, DriverTarget};
-use openshell_driver_bridge::shim;
+use openshell_driver_bridge::role::relay::{self, DriverTarget};
+use openshell_driver_bridge::role::shim;
 use openshell_driver_bridge::shutdown::Shutdown;
 
 /// A call that takes longer than this counts as hung.

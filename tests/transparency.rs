@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use openshell_driver_bridge::client::driver_client;
+use openshell_driver_bridge::grpc::client::driver_client;
 use openshell_driver_bridge::proto::compute::watch_sandboxes_event::Payload;
 use openshell_driver_bridge::proto::compute::*;
 use prost::Message;
@@ -356,7 +356,8 @@ async fn upstream_down_fails_with_unavailable_naming_the_upstream() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let socket = dir.path().join("shim/s.sock");
     let shutdown = openshell_driver_bridge::shutdown::Shutdown::new();
-    let _shim = openshell_driver_bridge::shim::start(shim_config(&pki, &socket, closed), shutdown.clone()).unwrap();
+    let _shim =
+        openshell_driver_bridge::role::shim::start(shim_config(&pki, &socket, closed), shutdown.clone()).unwrap();
     let mut client = driver_client(&socket).await.unwrap();
     let started = Instant::now();
     let status = client.get_capabilities(GetCapabilitiesRequest {}).await.unwrap_err();

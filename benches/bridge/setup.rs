@@ -84,7 +84,7 @@ pub enum Dial {
 /// accepting messages up to 64 MiB.
 pub async fn connect(dial: &Dial) -> Result<Client, String> {
     let channel = match dial {
-        Dial::Uds(path) => openshell_driver_bridge::client::uds_channel(path)
+        Dial::Uds(path) => openshell_driver_bridge::grpc::client::uds_channel(path)
             .await
             .map_err(|e| format!("connect {}: {e:?}", path.display()))?,
         Dial::Tls { addr, config } => {

@@ -1,4 +1,4 @@
-//! The TOML configuration file (`--config FILE`): `config::file::file_to_flags`
+//! The TOML configuration file (`--config FILE`): `cli::file::file_to_flags`
 //! on the file's text, and `config::parse_from` on a command line naming the
 //! file (which merges it and runs clap), for the `shim` and `relay` roles.
 //!
@@ -32,8 +32,8 @@ use std::sync::OnceLock;
 use clap::error::ErrorKind;
 use clap::CommandFactory;
 use libfuzzer_sys::fuzz_target;
-use openshell_driver_bridge::config::file::file_to_flags;
-use openshell_driver_bridge::config::{parse_from, Cli, ParseError};
+use openshell_driver_bridge::cli::file::file_to_flags;
+use openshell_driver_bridge::cli::args::{parse_from, Cli, ParseError};
 
 const NOT_IN_FILE: &[&str] = &["help", "version", "config", "print-config"];
 

@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use openshell_driver_bridge::relay::DriverTarget;
+use openshell_driver_bridge::role::relay::DriverTarget;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

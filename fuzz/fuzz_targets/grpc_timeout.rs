@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use openshell_driver_bridge::forward::{grpc_timeout, parse_grpc_timeout};
-use openshell_driver_bridge::status::Code;
+use openshell_driver_bridge::admit::route::{grpc_timeout, parse_grpc_timeout};
+use openshell_driver_bridge::grpc::status::Code;
 
 fn expected(value: &[u8]) -> Option<Duration> {
     let (unit, digits) = value.split_last()?;

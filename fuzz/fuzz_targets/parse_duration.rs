@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use openshell_driver_bridge::config::parse_duration;
+use openshell_driver_bridge::cli::args::parse_duration;
 
 fn expected(text: &str) -> Option<Duration> {
     let text = text.trim();

@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use openshell_driver_bridge::status::{percent_encode, BridgeStatus, Code};
+use openshell_driver_bridge::grpc::status::{percent_encode, BridgeStatus, Code};
 
 fn hex(b: u8) -> Option<u8> {
     match b {

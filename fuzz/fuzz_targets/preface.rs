@@ -23,7 +23,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use openshell_driver_bridge::listen::preface::{expect_http2, Opening, H2_PREFACE};
+use openshell_driver_bridge::connect::open::PREFACE as H2_PREFACE;
+use openshell_driver_bridge::pipeline::preface::{expect_http2, Opening};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const METHODS: &[&[u8]] =

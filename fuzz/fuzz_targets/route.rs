@@ -14,9 +14,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use openshell_driver_bridge::forward::route;
-use openshell_driver_bridge::policy::SERVICE_PREFIX;
-use openshell_driver_bridge::status::Code;
+use openshell_driver_bridge::admit::route::route;
+use openshell_driver_bridge::admit::policy::SERVICE_PREFIX;
+use openshell_driver_bridge::grpc::status::Code;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else { return };

@@ -19,17 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::frame::{self, BytesStr, Frame};
+use h2::frame::{self, BytesStr};
 use h2::Codec;
 use http::uri::{Authority, Scheme};
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::{BoxIo, Connector};
-use crate::fold::Fold;
-
-/// The HTTP/2 client preface.
-pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+use crate::obs::fold::Fold;
 
 /// One peer the dialer can reach.
 pub struct Target {
@@ -265,7 +261,7 @@ impl Dialer {
         let target = &inner.targets[index];
         let timeout = inner.settings.connect_timeout;
         let io = target.connector.connect(timeout).await.map_err(|e| e.to_string())?;
-        let (codec, settings) = match tokio::time::timeout(timeout, http2_open(io)).await {
+        let (codec, settings) = match tokio::time::timeout(timeout, super::open::http2_open(io)).await {
             Ok(Ok(opened)) => opened,
             Ok(Err(why)) => {
                 self.strike();
@@ -363,22 +359,6 @@ impl Drop for Live {
 pub fn jitter(backoff: Duration) -> Duration {
     let half = backoff / 2;
     half + half.mul_f64(rand::random::<f64>())
-}
-
-/// Sends the preface and a SETTINGS of defaults (the client's own follow
-/// when it sends them), then waits for the peer's SETTINGS.
-async fn http2_open(mut io: BoxIo) -> Result<(Codec<BoxIo, Bytes>, frame::Settings), String> {
-    io.write_all(PREFACE).await.map_err(|e| super::describe_io_error(&e))?;
-    let mut codec: Codec<BoxIo, Bytes> = Codec::new(io);
-    codec.buffer(frame::Settings::default().into()).map_err(|e| format!("{e:?}"))?;
-    std::future::poll_fn(|cx| codec.flush(cx)).await.map_err(|e| super::describe_io_error(&e))?;
-    match futures_util::StreamExt::next(&mut codec).await {
-        Some(Ok(Frame::Settings(settings))) if !settings.is_ack() => Ok((codec, settings)),
-        Some(Ok(_)) => Err("it did not open with SETTINGS: not an HTTP/2 server".to_string()),
-        Some(Err(h2::proto::Error::Io(_, Some(message)))) => Err(message),
-        Some(Err(error)) => Err(format!("{error:?}")),
-        None => Err("it closed the connection before answering (a peer that refuses our client certificate after the TLS 1.3 handshake does this; see its log)".to_string()),
-    }
 }
 
 #[cfg(test)]

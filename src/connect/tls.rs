@@ -11,7 +11,9 @@ use arc_swap::ArcSwap;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector as RustlsConnector;
 
-use super::{connect_tcp, BoxIo, ConnectError};
+use super::tcp::connect_tcp;
+use super::{BoxIo, ConnectError};
+use crate::describe::describe_tls_io_error;
 
 pub struct TlsConnector {
     /// `host:port` as the operator wrote it; resolved at every attempt so a
@@ -68,17 +70,4 @@ impl TlsConnector {
             _ => Err(ConnectError(errors.join("; "))),
         }
     }
-}
-
-/// rustls reports handshake failures as an `io::Error` wrapping a
-/// `rustls::Error`; show the rustls text, which names the certificate
-/// problem or the alert the peer sent.
-pub fn describe_tls_io_error(error: &std::io::Error) -> String {
-    if let Some(inner) = error.get_ref() {
-        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-            return crate::tls::config::describe_tls_error(tls);
-        }
-        return inner.to_string();
-    }
-    super::describe_io_error(error)
 }

@@ -4,8 +4,9 @@ use std::path::Path;
 
 use tokio::net::UnixStream;
 
-use super::{describe_io_error, BoxIo, ConnectError};
-use crate::quiet_unix::QuietUnixStream;
+use super::{BoxIo, ConnectError};
+use crate::connect::quiet_unix::QuietUnixStream;
+use crate::describe::describe_io_error;
 
 pub async fn connect(path: &Path) -> Result<BoxIo, ConnectError> {
     match UnixStream::connect(path).await.and_then(QuietUnixStream::new) {

@@ -19,7 +19,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
-use crate::escape::{for_log, LIMIT};
+use crate::obs::escape::{for_log, LIMIT};
 
 use crate::proto::compute::compute_driver_server::{ComputeDriver, ComputeDriverServer};
 use crate::proto::compute::gateway_listener_requirement::Selector;

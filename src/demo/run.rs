@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::config::DemoArgs;
-use crate::policy::{Access, Rule};
-use crate::relay::{DriverTarget, RelayConfig};
-use crate::settings::RoleSettings;
-use crate::shim::{ShimConfig, Upstream};
+use crate::admit::policy::{Access, Rule};
+use crate::cli::args::DemoArgs;
+use crate::role::relay::{DriverTarget, RelayConfig};
+use crate::role::shim::{ShimConfig, Upstream};
+use crate::role::RoleSettings;
 use crate::shutdown::{on_signals, Shutdown};
 use crate::tls::config::TlsFiles;
 
@@ -33,7 +33,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let shutdown = Shutdown::new();
     let driver_task = crate::demo::serve_driver(&driver_socket, Default::default(), shutdown.clone())?;
-    let relay = crate::relay::start(
+    let relay = crate::role::relay::start(
         RelayConfig {
             listen: "127.0.0.1:0".parse()?,
             driver: DriverTarget::Unix(driver_socket.clone()),
@@ -50,7 +50,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     let upstream = Upstream { host: "127.0.0.1".into(), port: relay.local_addr.port() };
-    let shim = crate::shim::start(
+    let shim = crate::role::shim::start(
         ShimConfig {
             socket: shim_socket.clone(),
             upstreams: vec![upstream.clone()],

@@ -26,7 +26,7 @@ pub struct Step {
 pub async fn run(path: &Path) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut session = match timed("connect", &mut steps, async {
-        let client = crate::client::driver_client(path).await.map_err(|e| format!("cannot connect: {e}"))?;
+        let client = crate::grpc::client::driver_client(path).await.map_err(|e| format!("cannot connect: {e}"))?;
         Ok((client, format!("connected to {}", path.display())))
     })
     .await

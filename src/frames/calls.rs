@@ -12,8 +12,9 @@ use tokio::time::Instant;
 
 use super::windows::{data_len, frame_stream, is_request};
 use super::FrameRelay;
-use crate::forward::{status_name, CallLog};
-use crate::status::{BridgeStatus, Code};
+use crate::admit::call_log::CallLog;
+use crate::grpc::status::status_name;
+use crate::grpc::status::{BridgeStatus, Code};
 
 /// A call the bridge forwards.
 pub struct Call {

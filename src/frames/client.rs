@@ -9,8 +9,10 @@ use tokio::time::Instant;
 use super::calls::{rebuilt, Call};
 use super::local::HEALTH_BODY_LIMIT;
 use super::FrameRelay;
-use crate::forward::{strip_hop_by_hop, Admission, CallLog};
-use crate::status::{BridgeStatus, Code};
+use crate::admit::call_log::CallLog;
+use crate::admit::route::strip_hop_by_hop;
+use crate::admit::Admission;
+use crate::grpc::status::{BridgeStatus, Code};
 
 impl<C> FrameRelay<C>
 where

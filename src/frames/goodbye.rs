@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use super::FrameRelay;
-use crate::status::{BridgeStatus, Code};
+use crate::grpc::status::{BridgeStatus, Code};
 
 /// How long a graceful goodbye waits for the client's answer to its PING.
 const GOODBYE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);

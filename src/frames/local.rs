@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::calls::rebuilt;
 use super::FrameRelay;
-use crate::status::BridgeStatus;
+use crate::grpc::status::BridgeStatus;
 
 /// A health check's request body, at most.
 pub const HEALTH_BODY_LIMIT: usize = 4096;
@@ -39,7 +39,7 @@ where
     /// A whole health check request: answered now, or once the next hop
     /// first answers (at most `HEALTH_WAIT` from now).
     pub(super) fn answer_health(&mut self, id: StreamId, body: &[u8]) {
-        if let Err(status) = crate::health::asked_for_us(body) {
+        if let Err(status) = crate::grpc::health::asked_for_us(body) {
             return self.answer(id, &status, true);
         }
         if self.is_down() && !self.upstream.is_idle() {
@@ -59,7 +59,7 @@ where
         if !serving {
             tracing::info!(peer = %self.label, reason = %self.dialer.last_error(), "health check: NOT_SERVING");
         }
-        let message = crate::health::answer(serving);
+        let message = crate::grpc::health::answer(serving);
         // Our own bytes in the client's window: the upstream is not told
         // of the room the client gives back for them.
         self.client_recv -= message.len() as i64;

@@ -44,15 +44,13 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use h2::frame::{BytesStr, Frame, StreamId};
 use h2::Codec;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::connect::dialer::{Dialer, PREFACE};
-use crate::connect::Io;
-use crate::forward::Forwarder;
-use crate::listen::serve::{opening, ServerSettings};
-use crate::policy::Caller;
+use crate::admit::policy::Caller;
+use crate::admit::Forwarder;
+use crate::connect::dialer::Dialer;
 use crate::shutdown::Shutdown;
 
 use calls::Call;
@@ -66,32 +64,18 @@ use windows::Held;
 /// read makes at most three to send, so this bounds a connection's memory.
 const QUEUE_LIMIT: usize = 64;
 
-/// Serves one accepted client connection (already authenticated).
-pub async fn serve<I: Io>(
-    io: I,
-    forwarder: Forwarder,
-    caller: Caller,
-    settings: &ServerSettings,
-    shutdown: &Shutdown,
-    peer: &str,
-) {
-    let Some(mut io) = opening(io, settings, forwarder.metrics(), peer).await else {
-        return;
-    };
-    let mut preface = [0u8; PREFACE.len()];
-    if io.read_exact(&mut preface).await.is_err() {
-        return;
-    }
-    // A client whose every call is refused must not make the bridge open a
-    // connection to the next hop on its behalf.
-    let dial = forwarder.policy().admits(&caller);
-    let _serving = forwarder.metrics().serving();
-    let mut relay = FrameRelay::new(io, forwarder, Arc::new(caller), settings, shutdown, dial);
-    std::future::poll_fn(|cx| relay.poll_run(cx)).await;
-    tracing::debug!(peer, "frame relay ended");
+/// The limits of a client connection the relay enforces.
+pub struct Limits {
+    /// Largest header block a client may send (bytes).
+    pub max_header_list_size: u32,
+    /// Concurrent calls on one connection.
+    pub max_concurrent_streams: u32,
+    /// Ping interval and timeout toward the client, on a network hop only.
+    pub keepalive: Option<(Duration, Duration)>,
 }
 
-struct FrameRelay<C> {
+/// One client connection, relayed.
+pub struct FrameRelay<C> {
     client: Codec<C, Bytes>,
     upstream: Upstream,
     to_client: VecDeque<Frame>,
@@ -166,16 +150,16 @@ where
     /// A relay for a client whose preface was read. The bridge's own
     /// SETTINGS go to the client at once; the next hop is dialled (unless
     /// `dial` is false: then every call is answered here).
-    fn new(
+    pub fn new(
         client: C,
         forwarder: Forwarder,
-        caller: Arc<Caller>,
-        settings: &ServerSettings,
+        caller: Caller,
+        limits: &Limits,
         shutdown: &Shutdown,
         dial: bool,
     ) -> Self {
         let mut client = Codec::new(client);
-        client.set_max_recv_header_list_size(settings.max_header_list_size as usize);
+        client.set_max_recv_header_list_size(limits.max_header_list_size as usize);
         let now = Instant::now();
         let dialer = forwarder.dialer().clone();
         let label: Arc<str> = Arc::from(dialer.describe_targets());
@@ -204,15 +188,13 @@ where
             up_max_streams: usize::MAX,
             forwarder,
             dialer,
-            caller,
+            caller: Arc::new(caller),
             authority: BytesStr::try_from(Bytes::new()).expect("empty is UTF-8"),
             scheme: BytesStr::try_from(Bytes::new()).expect("empty is UTF-8"),
             label,
-            max_streams: settings.max_concurrent_streams as usize,
-            header_list_limit: settings.max_header_list_size,
-            client_pings: settings
-                .keepalive_interval
-                .map(|every| Pinger::new((every, settings.keepalive_timeout), now)),
+            max_streams: limits.max_concurrent_streams as usize,
+            header_list_limit: limits.max_header_list_size,
+            client_pings: limits.keepalive.map(|keepalive| Pinger::new(keepalive, now)),
             upstream_pings: None,
             resets: ResetBudget::new(now),
             draining: Box::pin(shutdown.draining().clone().cancelled_owned()),
@@ -227,6 +209,11 @@ where
         let own = settings::bridge_settings(relay.max_streams as u32, relay.header_list_limit);
         relay.send_client_settings(own, ClientAck::Bridge);
         relay
+    }
+
+    /// Relays until the client's connection ends.
+    pub async fn run(mut self) {
+        std::future::poll_fn(|cx| self.poll_run(cx)).await;
     }
 
     fn codec(&mut self) -> Option<&mut Codec<crate::connect::BoxIo, Bytes>> {
@@ -255,7 +242,7 @@ where
                 match pump(codec, &mut self.to_upstream, cx) {
                     Ok((moved, _)) => busy |= moved,
                     Err(e) => {
-                        self.lose_upstream(&crate::connect::describe_io_error(&e));
+                        self.lose_upstream(&crate::describe::describe_io_error(&e));
                         busy = true;
                     }
                 }

@@ -18,10 +18,10 @@ use super::calls::rebuilt;
 use super::keepalive::Pinger;
 use super::settings::UpstreamAck;
 use super::FrameRelay;
+use crate::admit::route::strip_hop_by_hop;
 use crate::connect::dialer::{Dialer, Live, Opened};
 use crate::connect::BoxIo;
-use crate::forward::strip_hop_by_hop;
-use crate::status::{BridgeStatus, Code};
+use crate::grpc::status::{BridgeStatus, Code};
 
 /// How long the calls of an upstream that sent a GOAWAY may take to finish
 /// before they are cut and the connection is replaced.

@@ -8,7 +8,7 @@
 //! a `descriptor_limit` refusal), and the spare is opened again. When even
 //! that is not possible, and on every other error, the loop backs off
 //! (50 ms, doubling up to 1 s). The log says so once per interval, with how
-//! many more there were (see [`crate::fold`]).
+//! many more there were (see [`crate::obs::fold`]).
 
 use std::fs::File;
 use std::future::poll_fn;
@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::fold::Fold;
-use crate::metrics::{Metrics, Refusal};
+use crate::obs::fold::Fold;
+use crate::obs::metrics::{Metrics, Refusal};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const LAST_BACKOFF: Duration = Duration::from_secs(1);

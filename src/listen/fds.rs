@@ -4,7 +4,7 @@
 //! next hop's), a handshake in progress one, and the process needs a few of
 //! its own (listeners, the runtime, certificate files, the admin endpoint).
 
-use crate::listen::serve::ServerSettings;
+use crate::pipeline::ServerSettings;
 
 /// Descriptors kept for the process itself.
 pub const RESERVED: u64 = 64;

@@ -1,12 +1,11 @@
 //! Listeners: where calls come in. The shim listens on a private Unix
 //! socket and vets peers by credentials; the relay listens on TCP and vets
 //! peers by mutual TLS. Both hand each connection, with who is calling, to
-//! the same HTTP/2 server loop.
+//! the same pipeline.
 
 pub mod accept;
 pub mod fds;
 pub mod handshakes;
-pub mod preface;
-pub mod serve;
+pub mod limit;
 pub mod tls;
 pub mod uds;

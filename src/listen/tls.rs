@@ -14,11 +14,12 @@ use tokio_rustls::TlsAcceptor;
 
 use super::accept::Acceptor;
 use super::handshakes::{Handshakes, Refused};
-use super::serve::{ConnectionLimit, ServerSettings};
-use crate::fold::Fold;
-use crate::forward::Forwarder;
-use crate::metrics::{Metrics, Refusal};
-use crate::policy::Caller;
+use super::limit::ConnectionLimit;
+use crate::admit::policy::Caller;
+use crate::admit::Forwarder;
+use crate::obs::fold::Fold;
+use crate::obs::metrics::{Metrics, Refusal};
+use crate::pipeline::ServerSettings;
 use crate::shutdown::Shutdown;
 use crate::tls::identity::PeerIdentity;
 
@@ -54,7 +55,7 @@ pub async fn run(
                 continue;
             }
         };
-        crate::connect::tune_tcp(&tcp);
+        crate::connect::tcp::tune_tcp(&tcp);
         let acceptor = TlsAcceptor::from(tls.load_full());
         let forwarder = forwarder.clone();
         let settings = settings.clone();
@@ -76,7 +77,7 @@ pub async fn run(
                 tracing::info!(%remote, client = %caller, "client connected");
             }
             let peer = format!("{remote} ({caller})");
-            crate::frames::serve(stream, forwarder, caller, &settings, &task_shutdown, &peer).await;
+            crate::pipeline::serve_connection(stream, forwarder, caller, &settings, &task_shutdown, &peer).await;
             tracing::debug!(%peer, "client disconnected");
         });
     }
@@ -132,8 +133,8 @@ async fn handshake(
         }
         Ok(None) => return None,
         Ok(Some(Err(e))) => {
-            metrics.handshake_failed(crate::metrics::handshake_reason(&e));
-            tracing::warn!(%remote, reason = %crate::connect::tls::describe_tls_io_error(&e), "TLS handshake refused");
+            metrics.handshake_failed(crate::describe::handshake_reason(&e));
+            tracing::warn!(%remote, reason = %crate::describe::describe_tls_io_error(&e), "TLS handshake refused");
             return None;
         }
         Ok(Some(Ok(stream))) => stream,

@@ -16,11 +16,12 @@ use tokio::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
 use super::accept::Acceptor;
-use super::serve::{ConnectionLimit, ServerSettings};
-use crate::forward::Forwarder;
-use crate::metrics::{Metrics, Refusal};
-use crate::policy::Caller;
-use crate::quiet_unix::QuietUnixStream;
+use super::limit::ConnectionLimit;
+use crate::admit::policy::Caller;
+use crate::admit::Forwarder;
+use crate::connect::quiet_unix::QuietUnixStream;
+use crate::obs::metrics::{Metrics, Refusal};
+use crate::pipeline::ServerSettings;
 use crate::shutdown::Shutdown;
 
 /// Why a socket could not be bound, worded for an operator.
@@ -157,7 +158,7 @@ pub async fn run(socket: PrivateSocket, forwarder: Forwarder, settings: ServerSe
         let task_shutdown = shutdown.clone();
         shutdown.tasks().spawn(async move {
             let _permit = permit;
-            crate::frames::serve(stream, forwarder, caller, &settings, &task_shutdown, &peer).await;
+            crate::pipeline::serve_connection(stream, forwarder, caller, &settings, &task_shutdown, &peer).await;
         });
     }
     drop(socket);

@@ -142,14 +142,18 @@ fn load_identity(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsConfigError> 
     Ok(identity)
 }
 
-/// Records the expiry of this side's certificate and CA in `metrics`, and
-/// returns the certificate's details for the start-up summary.
-pub fn record_expiry(files: &TlsFiles, metrics: &crate::metrics::Metrics) -> Option<material::CertInfo> {
+/// Where the expiry of each certificate file in use is told: the file and
+/// its `notAfter` (Unix time).
+pub type ExpirySink = dyn Fn(&str, i64) + Send + Sync;
+
+/// Tells `expiry` when this side's certificate and CA expire, and returns
+/// the certificate's details for the start-up summary.
+pub fn record_expiry(files: &TlsFiles, expiry: &ExpirySink) -> Option<material::CertInfo> {
     if let Ok(ca) = material::load_cert_info("--ca", &files.ca) {
-        metrics.certificate(&files.ca.display().to_string(), ca.not_after.unix_timestamp());
+        expiry(&files.ca.display().to_string(), ca.not_after.unix_timestamp());
     }
     let cert = material::load_cert_info("--cert", &files.cert).ok()?;
-    metrics.certificate(&files.cert.display().to_string(), cert.not_after.unix_timestamp());
+    expiry(&files.cert.display().to_string(), cert.not_after.unix_timestamp());
     Some(cert)
 }
 
@@ -235,52 +239,5 @@ impl ServerCertVerifier for ExpectServer {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
-    }
-}
-
-/// Words a rustls error for an operator: which certificate problem, or
-/// which alert the peer sent (and what that alert usually means here).
-pub fn describe_tls_error(error: &rustls::Error) -> String {
-    use rustls::{AlertDescription as A, Error as E};
-    match error {
-        E::AlertReceived(A::CertificateRequired) => {
-            "peer requires a client certificate (alert certificate_required)".into()
-        }
-        E::AlertReceived(A::UnknownCA) => {
-            "peer does not trust our certificate: it was not issued by the peer's CA (alert unknown_ca)".into()
-        }
-        E::AlertReceived(A::CertificateExpired) => {
-            "peer rejected our certificate as expired (alert certificate_expired)".into()
-        }
-        E::AlertReceived(A::BadCertificate) => "peer rejected our certificate (alert bad_certificate)".into(),
-        E::AlertReceived(A::DecryptError) => {
-            "peer rejected our certificate: its signature does not verify against the peer's CA, which is another CA than ours, perhaps of the same name (alert decrypt_error)".into()
-        }
-        E::AlertReceived(A::AccessDenied) => "peer denied access to our certificate's identity (alert access_denied)".into(),
-        E::AlertReceived(A::ProtocolVersion) => {
-            "peer does not speak our TLS version (alert protocol_version); TLS 1.2 needs --tls12 on both sides".into()
-        }
-        E::AlertReceived(A::HandshakeFailure) => {
-            "peer refused the handshake (alert handshake_failure): no common TLS version or cipher suite".into()
-        }
-        E::InvalidCertificate(cert_error) => format!("peer certificate rejected: {}", describe_cert_error(cert_error)),
-        other => other.to_string(),
-    }
-}
-
-fn describe_cert_error(error: &rustls::CertificateError) -> String {
-    use rustls::CertificateError as C;
-    match error {
-        C::UnknownIssuer => "not issued by a trusted CA (check --ca)".into(),
-        C::BadSignature => {
-            "not issued by a trusted CA: its signature does not verify against --ca (another CA of the same name?)"
-                .into()
-        }
-        C::Expired | C::ExpiredContext { .. } => format!("expired ({error})"),
-        C::NotValidYet | C::NotValidYetContext { .. } => format!("not valid yet ({error})"),
-        C::NotValidForName | C::NotValidForNameContext { .. } => {
-            format!("{error} (set --server-name to a name the certificate carries)")
-        }
-        other => other.to_string(),
     }
 }

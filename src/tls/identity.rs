@@ -17,7 +17,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use crate::escape::{for_log, LIMIT};
+use crate::obs::escape::{for_log, LIMIT};
 
 /// Longest pattern value accepted; far above any real name, low enough that
 /// a pasted blob is refused instead of silently kept.

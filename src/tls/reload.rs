@@ -14,9 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::tls::config::{record_expiry, TlsConfigError, TlsFiles};
+use crate::tls::config::{record_expiry, ExpirySink, TlsConfigError, TlsFiles};
 use crate::tls::material::CertInfo;
 
 /// What identifies a file's version without reading it.
@@ -35,22 +34,22 @@ fn stamp(files: &[PathBuf]) -> Stamp {
     )
 }
 
-/// Keeps `cell` (built from `files` by `build`) current, recording the
-/// certificates' expiry in `metrics` now and after every reload; returns
+/// Keeps `cell` (built from `files` by `build`) current, telling `expiry`
+/// when the certificates expire now and after every reload; returns
 /// this side's certificate details for the start-up summary.
 pub fn keep_current<T, F>(
     label: &'static str,
     files: &TlsFiles,
     cell: Arc<ArcSwap<T>>,
     build: F,
-    metrics: Arc<Metrics>,
+    expiry: Arc<ExpirySink>,
     shutdown: Shutdown,
 ) -> Option<CertInfo>
 where
     T: Send + Sync + 'static,
     F: Fn(&TlsFiles) -> Result<T, TlsConfigError> + Send + Sync + 'static,
 {
-    let certificate = record_expiry(files, &metrics);
+    let certificate = record_expiry(files, &*expiry);
     let owned = files.clone();
     spawn(
         label,
@@ -59,7 +58,7 @@ where
         cell,
         move || {
             let config = build(&owned)?;
-            record_expiry(&owned, &metrics);
+            record_expiry(&owned, &*expiry);
             Ok(config)
         },
         shutdown,

@@ -20,14 +20,14 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use openshell_driver_bridge::admit::policy::{Access, Rule};
 use openshell_driver_bridge::connect::dialer::DialSettings;
 use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
 use openshell_driver_bridge::listen::uds::PrivateSocket;
 use openshell_driver_bridge::pki::{self, Ca, LeafSpec};
-use openshell_driver_bridge::policy::{Access, Rule};
-use openshell_driver_bridge::relay::{self, DriverTarget, RelayConfig, RunningRelay};
-use openshell_driver_bridge::settings::RoleSettings;
-use openshell_driver_bridge::shim::{self, RunningShim, ShimConfig, Upstream};
+use openshell_driver_bridge::role::relay::{self, DriverTarget, RelayConfig, RunningRelay};
+use openshell_driver_bridge::role::shim::{self, RunningShim, ShimConfig, Upstream};
+use openshell_driver_bridge::role::RoleSettings;
 use openshell_driver_bridge::shutdown::Shutdown;
 use openshell_driver_bridge::tls::config::TlsFiles;
 

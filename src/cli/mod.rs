@@ -1,8 +1,11 @@
 //! Runs a parsed command: starts the role, waits for a signal, drains.
 
+pub mod args;
+pub mod file;
+
 use std::process::ExitCode;
 
-use crate::config::{CertsCommand, Command, Parsed};
+use crate::cli::args::{CertsCommand, Command, Parsed};
 use crate::shutdown::{on_signals, Shutdown};
 
 pub async fn run(parsed: Parsed) -> anyhow::Result<ExitCode> {
@@ -26,14 +29,14 @@ pub async fn run(parsed: Parsed) -> anyhow::Result<ExitCode> {
             let config = args.to_config().map_err(anyhow::Error::msg)?;
             let drain = config.settings.drain_timeout;
             let shutdown = Shutdown::new();
-            let shim = crate::shim::start(config, shutdown.clone())?;
+            let shim = crate::role::shim::start(config, shutdown.clone())?;
             serve_until_signal(shutdown, drain, shim.task).await
         }
         Command::Relay(args) => {
             let config = args.to_config().map_err(anyhow::Error::msg)?;
             let drain = config.settings.drain_timeout;
             let shutdown = Shutdown::new();
-            let relay = crate::relay::start(config, shutdown.clone()).await?;
+            let relay = crate::role::relay::start(config, shutdown.clone()).await?;
             serve_until_signal(shutdown, drain, relay.task).await
         }
         Command::DemoDriver(args) => {

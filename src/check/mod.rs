@@ -27,13 +27,12 @@ use std::error::Error as StdError;
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use clap::{Args, Subcommand};
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::ServerCertVerifier as _;
 use rustls::client::WebPkiServerVerifier;
@@ -48,16 +47,18 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer as _;
 
-use crate::client::GATEWAY_DUMMY_URI;
-use crate::config::{parse_duration, RelayArgs, ShimArgs};
-use crate::connect::tls::{describe_tls_io_error, TlsConnector};
-use crate::connect::{describe_io_error, tune_tcp, Connector};
-use crate::listen::preface::H2_PREFACE;
+use crate::cli::args::{CheckArgs, CheckRole, RelayArgs, ShimArgs};
+use crate::connect::open::PREFACE;
+use crate::connect::tcp::tune_tcp;
+use crate::connect::tls::TlsConnector;
+use crate::connect::Connector;
+use crate::describe::{describe_io_error, describe_tls_io_error};
+use crate::grpc::client::GATEWAY_DUMMY_URI;
+use crate::grpc::status::code_name;
 use crate::proto::compute::compute_driver_client::ComputeDriverClient;
 use crate::proto::compute::{GetCapabilitiesRequest, GetCapabilitiesResponse, ListSandboxesRequest};
-use crate::relay::{DriverTarget, RelayConfig};
-use crate::shim::{ShimConfig, Upstream};
-use crate::status::code_name;
+use crate::role::relay::{DriverTarget, RelayConfig};
+use crate::role::shim::{ShimConfig, Upstream};
 use crate::tls::config::{client_config, provider, TlsFiles};
 use crate::tls::identity::PeerIdentity;
 use crate::tls::material::{self, CertInfo, MaterialError, Validity};
@@ -71,36 +72,6 @@ const EMPTY_SETTINGS_FRAME: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
 
 // ---------------------------------------------------------------------------
 // Command line
-
-/// `check`: either `--socket PATH`, or a role followed by that role's flags.
-#[derive(Args, Debug, Clone)]
-#[command(after_help = "Examples:\n  \
-    openshell-driver-bridge check shim --socket /run/openshell-bridge/compute-driver.sock \\\n      \
-    --upstream https://relay.example:7443 --ca ca.pem --cert client.pem --key client-key.pem\n  \
-    openshell-driver-bridge check relay --listen 0.0.0.0:7443 --driver-socket /run/driver.sock \\\n      \
-    --allow-client dns:openshell-gateway --ca ca.pem --cert server.pem --key server-key.pem\n  \
-    openshell-driver-bridge check --socket /run/openshell-bridge/compute-driver.sock\n\n\
-    Prints one line per step (OK, WARN, FAIL or SKIP), a hint under each problem, and a summary.\n\
-    Exit status: 0 when no step failed, 1 when one did, 2 when the command line is wrong.")]
-pub struct CheckArgs {
-    /// Check a shim's socket as the gateway sees it: connect, GetCapabilities, ListSandboxes.
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
-    /// Time limit of each network step.
-    #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub timeout: Duration,
-    #[command(subcommand)]
-    pub role: Option<CheckRole>,
-}
-
-/// Which side's configuration to check; each takes the role's own flags.
-#[derive(Subcommand, Debug, Clone)]
-pub enum CheckRole {
-    /// Check a shim: its TLS files, then per upstream TCP, the mTLS handshake and GetCapabilities through the link.
-    Shim(ShimArgs),
-    /// Check a relay: its TLS files, its client rules, its listen address, and GetCapabilities on its driver.
-    Relay(RelayArgs),
-}
 
 /// Runs the checks; the exit code is 0 only when no step failed.
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -643,7 +614,7 @@ enum Opening {
 /// certificate sent its alert before closing, and reading finds it.
 async fn open_http2<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, timeout: Duration) -> Opening {
     let exchange = async {
-        let opening = [H2_PREFACE, &EMPTY_SETTINGS_FRAME].concat();
+        let opening = [&PREFACE[..], &EMPTY_SETTINGS_FRAME].concat();
         let wrote = match stream.write_all(&opening).await {
             Ok(()) => stream.flush().await,
             Err(e) => Err(e),
@@ -845,7 +816,7 @@ async fn check_socket(path: &Path, timeout: Duration, report: &mut Report) {
         return;
     }
     let started = Instant::now();
-    let channel = match tokio::time::timeout(timeout, crate::client::uds_channel(path)).await {
+    let channel = match tokio::time::timeout(timeout, crate::grpc::client::uds_channel(path)).await {
         Ok(Ok(channel)) => channel,
         Ok(Err(e)) => {
             report.record("get-capabilities", fail(error_chain(&e), "see the shim's log"));

@@ -178,6 +178,12 @@ impl Metrics {
         }
     }
 
+    /// Where the TLS reloader tells the expiry of the certificates in use.
+    pub fn expiry_sink(self: &Arc<Self>) -> impl Fn(&str, i64) + Send + Sync + 'static {
+        let metrics = self.clone();
+        move |file: &str, not_after: i64| metrics.certificate(file, not_after)
+    }
+
     /// A client connection is served, for as long as the returned guard lives.
     pub fn serving(self: &Arc<Self>) -> Serving {
         self.connections.fetch_add(1, Ordering::Relaxed);
@@ -411,24 +417,6 @@ fn gauge(
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().expect("metrics lock poisoned")
-}
-
-/// A short, bounded label for why a TLS handshake failed.
-pub fn handshake_reason(error: &std::io::Error) -> &'static str {
-    use rustls::{CertificateError as C, Error as E};
-    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
-        return "io";
-    };
-    match tls {
-        E::NoCertificatesPresented => "no_certificate",
-        E::InvalidCertificate(C::UnknownIssuer) => "unknown_ca",
-        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "expired",
-        E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => "not_yet_valid",
-        E::InvalidCertificate(_) => "bad_certificate",
-        E::PeerIncompatible(_) | E::AlertReceived(rustls::AlertDescription::ProtocolVersion) => "incompatible",
-        E::InvalidMessage(_) => "not_tls",
-        _ => "other",
-    }
 }
 
 #[cfg(test)]

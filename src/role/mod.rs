@@ -1,12 +1,16 @@
+//! The two roles, shim and relay: the same pipeline from different parts.
 //! What every role shares besides its own endpoints: dial timing, server
 //! limits, forwarding options, the drain time and the admin endpoint.
+
+pub mod relay;
+pub mod shim;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::admit::{ForwardOptions, Forwarder};
 use crate::connect::dialer::DialSettings;
-use crate::forward::{ForwardOptions, Forwarder};
-use crate::listen::serve::ServerSettings;
+use crate::pipeline::ServerSettings;
 use crate::shutdown::Shutdown;
 
 #[derive(Clone, Debug)]
@@ -41,7 +45,9 @@ impl RoleSettings {
     /// where it listens.
     pub fn start_admin(&self, forwarder: &Forwarder, shutdown: &Shutdown) -> anyhow::Result<Option<SocketAddr>> {
         match self.admin {
-            Some(addr) => Ok(Some(crate::admin::start(addr, self.unsafe_admin, forwarder.clone(), shutdown.clone())?)),
+            Some(addr) => {
+                Ok(Some(crate::obs::admin::start(addr, self.unsafe_admin, forwarder.clone(), shutdown.clone())?))
+            }
             None => Ok(None),
         }
     }

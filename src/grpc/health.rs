@@ -7,8 +7,8 @@
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 
-use crate::policy::SERVICE;
-use crate::status::{BridgeStatus, Code};
+use crate::admit::policy::SERVICE;
+use crate::grpc::status::{BridgeStatus, Code};
 
 pub const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 

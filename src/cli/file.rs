@@ -227,7 +227,7 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
-    use crate::config::{parse_from, Cli, Command as Role};
+    use crate::cli::args::{parse_from, Cli, Command as Role};
 
     fn args(list: &[&str]) -> Vec<OsString> {
         list.iter().map(OsString::from).collect()
@@ -275,7 +275,7 @@ mod tests {
         ];
         for (extra, expected) in cases {
             let (_dir, path) = write(&format!("{BASE}{extra}"));
-            let Err(crate::config::ParseError::File(message)) =
+            let Err(crate::cli::args::ParseError::File(message)) =
                 parse_from(args(&["bridge", "shim", "--config", &path]))
             else {
                 panic!("{extra:?} was accepted");
@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_named() {
-        let Err(crate::config::ParseError::File(message)) =
+        let Err(crate::cli::args::ParseError::File(message)) =
             parse_from(args(&["bridge", "relay", "--config", "/nonexistent/relay.toml"]))
         else {
             panic!("accepted");

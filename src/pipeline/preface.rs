@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+use crate::connect::open::PREFACE;
 
 const HTTP1_REFUSAL_BODY: &str =
     "This endpoint speaks gRPC over HTTP/2 only (prior knowledge). Use a gRPC client; HTTP/1.1 is not supported here.\n";
@@ -41,7 +41,7 @@ pub async fn expect_http2<I>(mut io: I, timeout: Duration, peer: &str) -> Result
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut seen = Vec::with_capacity(H2_PREFACE.len());
+    let mut seen = Vec::with_capacity(PREFACE.len());
     let opening = match tokio::time::timeout(timeout, read_opening(&mut io, &mut seen)).await {
         Ok(opening) => opening,
         Err(_) => Opening::Silent,
@@ -78,13 +78,13 @@ where
 
 async fn read_opening<I: AsyncRead + Unpin>(io: &mut I, seen: &mut Vec<u8>) -> Opening {
     let mut buf = [0u8; 24];
-    while seen.len() < H2_PREFACE.len() {
-        let want = H2_PREFACE.len() - seen.len();
+    while seen.len() < PREFACE.len() {
+        let want = PREFACE.len() - seen.len();
         match io.read(&mut buf[..want]).await {
             Ok(0) | Err(_) => return Opening::Silent,
             Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
-        if !H2_PREFACE.starts_with(seen) {
+        if !PREFACE.starts_with(seen) {
             return if looks_like_http1(seen) { Opening::Http1 } else { Opening::Garbage };
         }
     }
@@ -178,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn classifies_openings() {
-        assert_eq!(classify(H2_PREFACE).await, Opening::Http2);
+        assert_eq!(classify(PREFACE).await, Opening::Http2);
         assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await, Opening::Http1);
         assert_eq!(classify(b"POST /x HTTP/1.1\r\n").await, Opening::Http1);
         assert_eq!(classify(b"\x16\x03\x01\x02\x00").await, Opening::Garbage);
@@ -189,13 +189,13 @@ mod tests {
     #[tokio::test]
     async fn replays_the_preface() {
         let (mut client, server) = tokio::io::duplex(1024);
-        client.write_all(H2_PREFACE).await.unwrap();
+        client.write_all(PREFACE).await.unwrap();
         client.write_all(b"rest").await.unwrap();
         drop(client);
         let mut stream = expect_http2(server, Duration::from_secs(1), "test").await.unwrap();
         let mut all = Vec::new();
         stream.read_to_end(&mut all).await.unwrap();
-        assert_eq!(&all[..24], H2_PREFACE);
+        assert_eq!(&all[..24], PREFACE);
         assert_eq!(&all[24..], b"rest");
     }
 

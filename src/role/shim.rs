@@ -9,13 +9,13 @@ use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use rustls::pki_types::ServerName;
 
+use crate::admit::policy::Policy;
+use crate::admit::Forwarder;
 use crate::connect::dialer::{Dialer, Target};
 use crate::connect::{tls::TlsConnector, Connector};
-use crate::forward::Forwarder;
-use crate::listen::serve::ServerSettings;
 use crate::listen::uds::{self, PrivateSocket};
-use crate::policy::Policy;
-use crate::settings::RoleSettings;
+use crate::pipeline::ServerSettings;
+use crate::role::RoleSettings;
 use crate::shutdown::Shutdown;
 use crate::tls::config::{client_config, describe_certificate, TlsFiles};
 use crate::tls::identity::IdentityPattern;
@@ -114,7 +114,7 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
         &config.tls,
         tls.clone(),
         move |files| client_config(files, &expect),
-        forwarder.metrics().clone(),
+        Arc::new(forwarder.metrics().expiry_sink()),
         shutdown.clone(),
     );
     let socket = PrivateSocket::bind(&config.socket, &config.allow_uids)?;

@@ -12,17 +12,15 @@ use std::ffi::OsString;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::admit::policy::{Access, Rule};
+use crate::admit::ForwardOptions;
 use crate::connect::dialer::DialSettings;
-use crate::forward::ForwardOptions;
-use crate::listen::serve::ServerSettings;
-use crate::policy::{Access, Rule};
-use crate::relay::{DriverTarget, RelayConfig};
-use crate::settings::RoleSettings;
-use crate::shim::{ShimConfig, Upstream};
+use crate::pipeline::ServerSettings;
+use crate::role::relay::{DriverTarget, RelayConfig};
+use crate::role::shim::{ShimConfig, Upstream};
+use crate::role::RoleSettings;
 use crate::tls::config::TlsFiles;
 use crate::tls::identity::IdentityPattern;
-
-pub mod file;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,7 +52,7 @@ pub enum Command {
     /// Run demo-driver, relay and shim together with throw-away certificates.
     Demo(DemoArgs),
     /// Diagnose a configuration or a socket step by step, as an operator would.
-    Check(crate::check::CheckArgs),
+    Check(CheckArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -448,7 +446,7 @@ pub struct Parsed {
 /// Parses `args` (the process's arguments), merging a `--config` file in.
 pub fn parse_from(args: Vec<OsString>) -> Result<Parsed, ParseError> {
     let command = Cli::command();
-    let merged = file::merge(&command, args).map_err(ParseError::File)?;
+    let merged = super::file::merge(&command, args).map_err(ParseError::File)?;
     let matches = command.try_get_matches_from(merged.args).map_err(ParseError::Clap)?;
     let cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
     let effective = matches.subcommand().and_then(|(name, sub)| {
@@ -470,7 +468,7 @@ fn render_effective(command: &clap::Command, matches: &ArgMatches, from_file: &B
     let mut out = format!("# effective configuration of `openshell-driver-bridge {}`\n", command.get_name());
     for arg in command.get_arguments() {
         let Some(name) = arg.get_long() else { continue };
-        if file::is_not_in_file(name) {
+        if super::file::is_not_in_file(name) {
             continue;
         }
         let id = arg.get_id().as_str();
@@ -520,6 +518,36 @@ fn toml_scalar(value: &str) -> String {
         })
         .collect();
     format!("\"{escaped}\"")
+}
+
+/// `check`: either `--socket PATH`, or a role followed by that role's flags.
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "Examples:\n  \
+    openshell-driver-bridge check shim --socket /run/openshell-bridge/compute-driver.sock \\\n      \
+    --upstream https://relay.example:7443 --ca ca.pem --cert client.pem --key client-key.pem\n  \
+    openshell-driver-bridge check relay --listen 0.0.0.0:7443 --driver-socket /run/driver.sock \\\n      \
+    --allow-client dns:openshell-gateway --ca ca.pem --cert server.pem --key server-key.pem\n  \
+    openshell-driver-bridge check --socket /run/openshell-bridge/compute-driver.sock\n\n\
+    Prints one line per step (OK, WARN, FAIL or SKIP), a hint under each problem, and a summary.\n\
+    Exit status: 0 when no step failed, 1 when one did, 2 when the command line is wrong.")]
+pub struct CheckArgs {
+    /// Check a shim's socket as the gateway sees it: connect, GetCapabilities, ListSandboxes.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Time limit of each network step.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub role: Option<CheckRole>,
+}
+
+/// Which side's configuration to check; each takes the role's own flags.
+#[derive(Subcommand, Debug, Clone)]
+pub enum CheckRole {
+    /// Check a shim: its TLS files, then per upstream TCP, the mTLS handshake and GetCapabilities through the link.
+    Shim(ShimArgs),
+    /// Check a relay: its TLS files, its client rules, its listen address, and GetCapabilities on its driver.
+    Relay(RelayArgs),
 }
 
 /// Parses `250ms`, `15s`, `2m`, `1h` (a bare number means seconds).

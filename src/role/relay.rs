@@ -10,11 +10,11 @@ use arc_swap::ArcSwap;
 use http::uri::{Authority, Scheme};
 use tokio::net::TcpListener;
 
+use crate::admit::policy::{Access, Policy, Rule};
+use crate::admit::Forwarder;
 use crate::connect::dialer::{Dialer, Target};
 use crate::connect::Connector;
-use crate::forward::Forwarder;
-use crate::policy::{Access, Policy, Rule};
-use crate::settings::RoleSettings;
+use crate::role::RoleSettings;
 use crate::shutdown::Shutdown;
 use crate::tls::config::{describe_certificate, server_config, TlsFiles};
 
@@ -125,7 +125,7 @@ pub async fn start(mut config: RelayConfig, shutdown: Shutdown) -> anyhow::Resul
         &config.tls,
         tls.clone(),
         server_config,
-        forwarder.metrics().clone(),
+        Arc::new(forwarder.metrics().expiry_sink()),
         shutdown.clone(),
     );
     let listener = TcpListener::bind(config.listen)

@@ -14,8 +14,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::forward::Forwarder;
-use crate::metrics::{Exposition, HopState};
+use crate::admit::Forwarder;
+use crate::obs::metrics::{Exposition, HopState};
 use crate::shutdown::Shutdown;
 
 /// How long `/readyz` waits for the next hop.

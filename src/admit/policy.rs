@@ -100,7 +100,7 @@ impl Policy {
             Some(access) if access.permits(method) => Ok(()),
             Some(_) => Err(Denied(format!(
                 "client identity {identity} is read-only and may not call {}",
-                crate::escape::for_log(method, crate::escape::LIMIT)
+                crate::obs::escape::for_log(method, crate::obs::escape::LIMIT)
             ))),
         }
     }

@@ -3,8 +3,8 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogArgs;
-use crate::forward::CALL_LOG_TARGET;
+use crate::admit::call_log::CALL_LOG_TARGET;
+use crate::cli::args::LogArgs;
 
 /// Installs the global subscriber. The demo also shows one line per call.
 pub fn init(args: &LogArgs, demo: bool) -> Result<(), String> {
