@@ -23,6 +23,7 @@ pub mod obs;
 pub mod pipeline;
 pub mod pki;
 pub mod role;
+pub mod run;
 pub mod shutdown;
 pub mod tls;
 

@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use openshell_driver_bridge::cli;
 use openshell_driver_bridge::cli::args::{parse_from, Command, ParseError};
-use openshell_driver_bridge::obs::logging;
+use openshell_driver_bridge::cli::logging;
+use openshell_driver_bridge::run::run;
 
 fn main() -> ExitCode {
     let parsed = match parse_from(std::env::args_os().collect()) {
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(parsed)) {
+    match runtime.block_on(run(parsed)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

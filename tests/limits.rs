@@ -85,7 +85,7 @@ async fn stalled_handshakes_cannot_lock_a_returning_client_out() {
     let response = call_relay(&chain).await;
     assert_eq!(response.grpc_status().as_deref(), Some("0"), "{}", response.grpc_message());
 
-    let metrics = openshell_driver_bridge::obs::admin::scrape(
+    let metrics = openshell_driver_bridge::role::admin::scrape(
         &chain.relay.forwarder,
         openshell_driver_bridge::obs::metrics::Exposition::Prometheus,
     );

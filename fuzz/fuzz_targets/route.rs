@@ -15,7 +15,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use openshell_driver_bridge::admit::route::route;
-use openshell_driver_bridge::admit::policy::SERVICE_PREFIX;
+use openshell_driver_bridge::grpc::contract::SERVICE_PREFIX;
 use openshell_driver_bridge::grpc::status::Code;
 
 fuzz_target!(|data: &[u8]| {

@@ -23,8 +23,9 @@ use std::time::Duration;
 use http::HeaderMap;
 
 use crate::admit::policy::{Caller, Policy};
-use crate::admit::route::{grpc_timeout, printable, route, STREAMING_METHODS};
+use crate::admit::route::{grpc_timeout, printable, route};
 use crate::connect::dialer::Dialer;
+use crate::grpc::contract::STREAMING_METHODS;
 use crate::grpc::status::{BridgeStatus, Code};
 use crate::obs::metrics::{Metrics, Refusal};
 

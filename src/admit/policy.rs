@@ -11,11 +11,6 @@ use std::sync::Arc;
 
 use crate::tls::identity::{IdentityPattern, PeerIdentity};
 
-/// The full gRPC service name of the contract.
-pub const SERVICE: &str = "openshell.compute.v1.ComputeDriver";
-/// Every path of the contract starts with this.
-pub const SERVICE_PREFIX: &str = "/openshell.compute.v1.ComputeDriver/";
-
 /// Methods that observe but never change anything.
 pub const READ_ONLY_METHODS: &[&str] = &[
     "GetCapabilities",

@@ -7,27 +7,8 @@ use std::time::Duration;
 use http::header::HeaderName;
 use http::HeaderMap;
 
-use crate::admit::policy::{SERVICE, SERVICE_PREFIX};
+use crate::grpc::contract::{SERVICE, SERVICE_PREFIX};
 use crate::grpc::status::{BridgeStatus, Code};
-
-/// The contract's methods: each takes one request message.
-pub const CONTRACT_METHODS: &[&str] = &[
-    "GetCapabilities",
-    "GetGatewayListenerRequirements",
-    "ValidateSandboxCreate",
-    "GetSandbox",
-    "ListSandboxes",
-    "CreateSandbox",
-    "StopSandbox",
-    "StartSandbox",
-    "DeleteSandbox",
-    "WatchSandboxes",
-    "EnsureWorkspace",
-    "DeleteWorkspace",
-];
-
-/// Methods whose response is a long-lived stream.
-pub(crate) const STREAMING_METHODS: &[&str] = &["WatchSandboxes"];
 
 /// Which contract method a path names, or the refusal for a path outside it.
 pub fn route(path: &str) -> Result<&str, BridgeStatus> {
@@ -122,18 +103,6 @@ mod tests {
             let refused = route(path).unwrap_err();
             assert_eq!(refused.code, Code::Unimplemented, "{path}");
         }
-    }
-
-    #[test]
-    fn the_contract_method_list_matches_the_proto() {
-        let proto = include_str!("../../proto/compute_driver.proto");
-        let rpcs: Vec<&str> = proto
-            .lines()
-            .filter_map(|line| line.trim().strip_prefix("rpc "))
-            .filter_map(|rest| rest.split('(').next())
-            .map(str::trim)
-            .collect();
-        assert_eq!(rpcs, CONTRACT_METHODS);
     }
 
     #[test]

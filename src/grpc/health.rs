@@ -7,7 +7,7 @@
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 
-use crate::admit::policy::SERVICE;
+use crate::grpc::contract::SERVICE;
 use crate::grpc::status::{BridgeStatus, Code};
 
 pub const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";

@@ -3,5 +3,6 @@
 //! demo, tests).
 
 pub mod client;
+pub mod contract;
 pub mod health;
 pub mod status;

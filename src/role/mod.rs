@@ -2,6 +2,7 @@
 //! What every role shares besides its own endpoints: dial timing, server
 //! limits, forwarding options, the drain time and the admin endpoint.
 
+pub mod admin;
 pub mod relay;
 pub mod shim;
 
@@ -46,7 +47,7 @@ impl RoleSettings {
     pub fn start_admin(&self, forwarder: &Forwarder, shutdown: &Shutdown) -> anyhow::Result<Option<SocketAddr>> {
         match self.admin {
             Some(addr) => {
-                Ok(Some(crate::obs::admin::start(addr, self.unsafe_admin, forwarder.clone(), shutdown.clone())?))
+                Ok(Some(crate::role::admin::start(addr, self.unsafe_admin, forwarder.clone(), shutdown.clone())?))
             }
             None => Ok(None),
         }
