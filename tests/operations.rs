@@ -228,8 +228,8 @@ fn metric_value(scrape: &str, series: &str) -> f64 {
 /// spoken frame by frame (a client library refuses a newline in a path).
 /// Returns the `grpc-status` of the answer, or what ended the stream.
 async fn call_with_raw_path(socket: &std::path::Path, path: &str) -> String {
-    use h2::frame::{BytesStr, Data, Frame, Headers, Pseudo, Settings};
     use futures_util::StreamExt;
+    use h2::frame::{BytesStr, Data, Frame, Headers, Pseudo, Settings};
     let mut io = tokio::net::UnixStream::connect(socket).await.unwrap();
     io.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
     let mut codec: h2::Codec<_, bytes::Bytes> = h2::Codec::new(io);

@@ -48,6 +48,16 @@ impl AckLedger {
         self.upstream.push_back(UpstreamAck::Bridge);
     }
 
+    /// The next hop's connection is gone: how many of the client's SETTINGS
+    /// passed to it went unacknowledged. The bridge owes the client those
+    /// acknowledgements (the next connection gets the client's SETTINGS
+    /// again, as the bridge's own).
+    pub fn upstream_lost(&mut self) -> usize {
+        let owed = self.upstream.iter().filter(|owner| **owner == UpstreamAck::Client).count();
+        self.upstream.clear();
+        owed
+    }
+
     pub fn sent_client(&mut self, owner: ClientAck) {
         self.client.push_back(owner);
     }
@@ -222,5 +232,9 @@ mod tests {
         assert!(!ledger.upstream_acked(), "the bridge's opening SETTINGS");
         assert!(!ledger.upstream_acked(), "the client's, re-sent and already acknowledged");
         assert!(ledger.upstream_acked(), "the client's, passed on");
+        ledger.sent_upstream(UpstreamAck::Client);
+        ledger.sent_upstream(UpstreamAck::Client);
+        assert_eq!(ledger.upstream_lost(), 2, "two of the client's went unanswered");
+        assert!(!ledger.upstream_acked(), "nothing is owed by a lost next hop");
     }
 }

@@ -233,6 +233,9 @@ where
     /// the next, with backoff, until one answers.
     pub(super) fn replace_upstream(&mut self, cause: &str) {
         self.end_sent_calls(cause);
+        for _ in 0..self.acks.upstream_lost() {
+            self.to_client.push_back(h2::frame::Settings::ack().into());
+        }
         self.to_upstream.clear();
         self.held_up = Default::default();
         self.held_down = Default::default();
