@@ -56,6 +56,22 @@ where
         self.to_client.push_back(GoAway::with_debug_data(last, reason, debug).into());
     }
 
+    /// The drain time is up: every call still open ends `UNAVAILABLE`
+    /// naming the shutdown (cancelled at the next hop), the final GOAWAY
+    /// goes out, and the connection closes once that is written (the
+    /// process waits for it only briefly).
+    pub(super) fn stop(&mut self) {
+        let ids: Vec<StreamId> = self.calls.keys().copied().collect();
+        for id in ids {
+            let status = BridgeStatus::new(Code::Unavailable, self.forwarder.shutting_down().to_string());
+            self.end_call(id, status, true);
+        }
+        self.goodbye = None;
+        self.said_goodbye = true;
+        self.goaway_to_client(self.last_stream, Reason::NO_ERROR, Bytes::new());
+        self.closing = true;
+    }
+
     /// After the final GOAWAY, the connection ends when its calls have.
     pub(super) fn maybe_close(&mut self) {
         if self.said_goodbye && self.calls.is_empty() && self.health.is_empty() && self.health_wait.is_empty() {

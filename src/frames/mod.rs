@@ -268,9 +268,8 @@ where
     /// happened (and the loop should go round again).
     fn poll_signals(&mut self, cx: &mut Context<'_>) -> bool {
         let mut busy = false;
-        if self.stopping.as_mut().poll(cx).is_ready() {
-            self.finish_all("UNAVAILABLE");
-            self.done = true;
+        if !self.closing && self.stopping.as_mut().poll(cx).is_ready() {
+            self.stop();
             return true;
         }
         if !self.drain_seen && self.draining.as_mut().poll(cx).is_ready() {
