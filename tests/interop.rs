@@ -81,6 +81,9 @@ const PYTHON_START: Duration = Duration::from_secs(30);
 const SESSION: Duration = Duration::from_secs(60);
 /// One call or one streamed message from the tonic gateway.
 const CALL: Duration = Duration::from_secs(10);
+/// grpcio's trace of the HTTP/2 pings it sends and receives, on for every
+/// grpcio gateway and driver (`pings_received`).
+const PING_TRACE: &str = "http2_ping";
 /// Building the grpc-go driver (a cold cache compiles grpc-go: ~10 s of CPU).
 const GO_BUILD: Duration = Duration::from_secs(300);
 /// Log words of a hop that hung up on the bridge or was hung up on.
@@ -99,6 +102,8 @@ async fn grpcio_gateway_drives_a_grpcio_driver_through_the_bridge() {
 
     // The gateway cancelled its watch; see `cancellation_reported`.
     driver.cancellation_reported().await;
+    assert_never_pinged(&gateway);
+    assert_never_pinged(&driver);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,6 +116,7 @@ async fn grpcio_gateway_drives_the_demo_driver_through_the_bridge() {
 
     let mut gateway = python_gateway(&stubs, &chain.shim_socket, "demo", Authority::Localhost, &[]);
     gateway.assert_success(SESSION, &[]).await;
+    assert_never_pinged(&gateway);
 }
 
 /// grpcio with default channel options sends the %-encoded socket path as
@@ -127,6 +133,8 @@ async fn grpcio_gateway_with_grpcio_default_unix_authority_reaches_the_driver() 
     let mut gateway = python_gateway(&stubs, &chain.shim_socket, PYTHON_DRIVER, Authority::GrpcioDefault, &[]);
     gateway.assert_success(SESSION, &[&driver]).await;
     driver.expect_line("created interop-a", CALL, &[&gateway]).await;
+    assert_never_pinged(&gateway);
+    assert_never_pinged(&driver);
 }
 
 /// The same grpcio gateway (default channel options) connects while the
@@ -165,6 +173,8 @@ async fn grpcio_gateway_with_default_options_that_connected_while_the_relay_was_
     // its answers; the driver reports what it created).
     driver.expect_line("created interop-a", CALL, &[&gateway]).await;
     driver.expect_line("created interop-b", CALL, &[&gateway]).await;
+    assert_never_pinged(&gateway);
+    assert_never_pinged(&driver);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,6 +264,7 @@ async fn tonic_gateway_drives_a_grpcio_driver_through_the_bridge() {
     }
     let left = bounded(client.list_sandboxes(ListSandboxesRequest {})).await.unwrap().into_inner();
     assert!(left.sandboxes.is_empty());
+    assert_never_pinged(&driver);
 }
 
 // ---------------------------------------------------------------------------
@@ -315,6 +326,7 @@ async fn a_call_made_while_the_driver_is_down_waits_for_it(stack: Stack) {
     bounded(gateway.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("after-wait")) })).await.unwrap();
     let listed = bounded(gateway.list_sandboxes(ListSandboxesRequest {})).await.unwrap().into_inner().sandboxes;
     assert_eq!(listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["after-wait"]);
+    foreign.assert_never_pinged(&driver);
 }
 
 /// The driver process dies (SIGKILL) under an open watch: the watch ends
@@ -331,6 +343,7 @@ async fn a_driver_lost_under_a_watch_ends_it_unavailable_and_its_successor_is_re
     let mut events = watch(&mut gateway).await;
     next_sandbox_event(&mut events, "before", &[&driver]).await;
 
+    foreign.assert_never_pinged(&driver);
     let transcript = driver.transcript();
     let started = Instant::now();
     drop(driver); // killed and reaped: its sockets close, nothing said
@@ -357,6 +370,7 @@ async fn a_driver_lost_under_a_watch_ends_it_unavailable_and_its_successor_is_re
     let mut events = watch(&mut gateway).await;
     bounded(gateway.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("after")) })).await.unwrap();
     next_sandbox_event(&mut events, "after", &[&successor]).await;
+    foreign.assert_never_pinged(&successor);
 }
 
 // ---------------------------------------------------------------------------
@@ -448,12 +462,14 @@ async fn idle_watch_to_a_driver(stack: Stack, idle: Duration) -> Option<String> 
     next_sandbox_event(&mut events, "after-idle", &[&driver]).await;
     let delivered = created.elapsed();
     assert_quiet(&chain, &[&driver]);
+    foreign.assert_never_pinged(&driver);
     Some(format!(
         "{} first events, idle {:.1} s with nothing arriving or ending, then the after-idle event in {} ms; \
-         no GOAWAY or lost connection logged",
+         no GOAWAY or lost connection logged{}",
         burst + 1,
         idled.as_secs_f64(),
-        delivered.as_millis()
+        delivered.as_millis(),
+        if matches!(foreign, Foreign::Grpcio(_)) { ", the driver received 0 pings" } else { "" }
     ))
 }
 
@@ -473,9 +489,11 @@ async fn idle_watch_of_a_grpcio_gateway(idle: Duration) -> Option<String> {
     );
     gateway.assert_success(idle + SESSION, &[&driver]).await;
     assert_quiet(&chain, &[&driver, &gateway]);
+    assert_never_pinged(&gateway);
+    assert_never_pinged(&driver);
     let transcript = gateway.transcript();
     let figures: Vec<_> = transcript.lines().filter_map(|line| line.strip_prefix("out| PASS ")).collect();
-    Some(figures.join("; "))
+    Some(format!("{}; gateway and driver received 0 pings", figures.join("; ")))
 }
 
 /// The idle period: `OPENSHELL_BRIDGE_IDLE_SECS`, default 130 s.
@@ -502,6 +520,25 @@ fn assert_quiet(chain: &ProcessChain, processes: &[&Process]) {
             assert!(!transcript.contains(word), "{} logged {word:?}:\n{transcript}", process.name);
         }
     }
+}
+
+/// How many PINGs (acks not counted) a grpcio process received, from the
+/// lines of its `GRPC_TRACE=http2_ping` ("CLIENT[..]: received ping N",
+/// "SERVER[..]: received ping N").
+fn pings_received(process: &Process) -> usize {
+    let transcript = process.transcript();
+    assert!(
+        transcript.contains(&format!("gRPC Tracers: {PING_TRACE}")),
+        "{} did not trace its pings (GRPC_TRACE={PING_TRACE}):\n{transcript}",
+        process.name
+    );
+    transcript.lines().filter(|line| line.contains("]: received ping ") && !line.contains("received ping ack")).count()
+}
+
+/// Asserts that the bridge never pinged a grpcio process on a Unix socket.
+fn assert_never_pinged(process: &Process) {
+    let pings = pings_received(process);
+    assert_eq!(pings, 0, "{} received {pings} pings from the bridge:\n{}", process.name, process.transcript());
 }
 
 /// Relay and shim as processes (the real binary, default keepalive) in
@@ -619,6 +656,15 @@ impl Foreign {
         match self {
             Foreign::Grpcio(_) => PYTHON_DRIVER,
             Foreign::GrpcGo(_) => GO_DRIVER,
+        }
+    }
+
+    /// Asserts that the bridge never pinged the driver, where its stack
+    /// says (grpcio traces received pings; grpc-go only its strikes, which
+    /// `assert_quiet` looks for).
+    fn assert_never_pinged(&self, driver: &Process) {
+        if let Foreign::Grpcio(_) = self {
+            assert_never_pinged(driver);
         }
     }
 
@@ -783,17 +829,16 @@ async fn python_driver(stubs: &Stubs, socket: &Path) -> Process {
 async fn python_driver_for(stubs: &Stubs, socket: &Path, lifetime: Duration) -> Process {
     let driver_py = script("driver.py");
     let lifetime = lifetime.as_secs().to_string();
-    let mut driver = Process::spawn(
-        "driver.py",
-        python(&[
-            driver_py.as_os_str(),
-            socket.as_os_str(),
-            "--stubs".as_ref(),
-            stubs.dir.path().as_os_str(),
-            "--max-seconds".as_ref(),
-            lifetime.as_ref(),
-        ]),
-    );
+    let mut command = python(&[
+        driver_py.as_os_str(),
+        socket.as_os_str(),
+        "--stubs".as_ref(),
+        stubs.dir.path().as_os_str(),
+        "--max-seconds".as_ref(),
+        lifetime.as_ref(),
+    ]);
+    command.env("GRPC_TRACE", PING_TRACE);
+    let mut driver = Process::spawn("driver.py", command);
     driver.expect_line("ready", PYTHON_START, &[]).await;
     driver
 }
@@ -842,7 +887,7 @@ fn python_gateway(
     ];
     args.extend(extra.iter().map(std::ffi::OsStr::new));
     let mut command = python(&args);
-    command.stdin(Stdio::piped());
+    command.stdin(Stdio::piped()).env("GRPC_TRACE", PING_TRACE);
     Process::spawn("gateway.py", command)
 }
 
