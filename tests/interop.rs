@@ -81,9 +81,10 @@ const PYTHON_START: Duration = Duration::from_secs(30);
 const SESSION: Duration = Duration::from_secs(60);
 /// One call or one streamed message from the tonic gateway.
 const CALL: Duration = Duration::from_secs(10);
-/// grpcio's trace of the HTTP/2 pings it sends and receives, on for every
-/// grpcio gateway and driver (`pings_received`).
-const PING_TRACE: &str = "http2_ping";
+/// grpcio's traces of the HTTP/2 pings it receives, on for every grpcio
+/// gateway and driver (`pings_received`): a client logs them under
+/// `http2_ping`, a server under `http_keepalive`.
+const PING_TRACE: &str = "http2_ping,http_keepalive";
 /// Building the grpc-go driver (a cold cache compiles grpc-go: ~10 s of CPU).
 const GO_BUILD: Duration = Duration::from_secs(300);
 /// Log words of a hop that hung up on the bridge or was hung up on.
@@ -523,12 +524,12 @@ fn assert_quiet(chain: &ProcessChain, processes: &[&Process]) {
 }
 
 /// How many PINGs (acks not counted) a grpcio process received, from the
-/// lines of its `GRPC_TRACE=http2_ping` ("CLIENT[..]: received ping N",
-/// "SERVER[..]: received ping N").
+/// lines of its `GRPC_TRACE` ("CLIENT[..]: received ping N",
+/// "SERVER[..]: received ping N: ... ping_strikes=0").
 fn pings_received(process: &Process) -> usize {
     let transcript = process.transcript();
     assert!(
-        transcript.contains(&format!("gRPC Tracers: {PING_TRACE}")),
+        transcript.contains(&format!("gRPC Tracers: {}", PING_TRACE.replace(',', ", "))),
         "{} did not trace its pings (GRPC_TRACE={PING_TRACE}):\n{transcript}",
         process.name
     );
