@@ -13,8 +13,13 @@ by a gRPC stack other than its own (grpcio's C core instead of hyper/tonic):
   one binary entry).
 - Every call echoes the caller's `x-interop*` metadata as trailing metadata.
 - WatchSandboxes sends a snapshot of every current sandbox, then three live
-  platform events (each its own message, a little apart), then keeps the
-  stream open until the caller cancels it; it then prints a line saying so.
+  platform events (each its own message, a little apart), then one sandbox
+  event per sandbox created while it is open, until the caller cancels it;
+  it then prints a line saying so.
+
+The server keeps grpcio's default options, so its keepalive enforcement is
+C-core's: a client may ping at most once per 5 minutes while no data flows,
+and the third ping too many gets GOAWAY ENHANCE_YOUR_CALM "too_many_pings".
 
 Prints "ready" on stdout once serving. Stops on SIGTERM/SIGINT or after
 --max-seconds, so a forgotten process never outlives a test run by much.
@@ -22,6 +27,7 @@ Prints "ready" on stdout once serving. Stops on SIGTERM/SIGINT or after
 
 import argparse
 import os
+import queue
 import signal
 import stat
 import sys
@@ -61,6 +67,8 @@ def make_servicer(pb2, pb2_grpc):
             self._lock = threading.Lock()
             self._sandboxes = {}
             self._instances = 0
+            # One queue per open watch: sandboxes created while it is open.
+            self._watches = set()
 
         # -- helpers -----------------------------------------------------
 
@@ -137,6 +145,9 @@ def make_servicer(pb2, pb2_grpc):
                     )
                 )
                 self._sandboxes[stored.id] = stored
+                for watch in self._watches:
+                    watch.put(stored)
+            log(f"created {stored.id}")
             return pb2.CreateSandboxResponse()
 
         def GetSandbox(self, request, context):
@@ -187,8 +198,17 @@ def make_servicer(pb2, pb2_grpc):
             self._trailers(context)
             ended = threading.Event()
             context.add_callback(ended.set)
+            created = queue.Queue()
             with self._lock:
                 snapshot = [self._sandboxes[key] for key in sorted(self._sandboxes)]
+                self._watches.add(created)
+            try:
+                yield from self._watch(snapshot, created, ended, context)
+            finally:
+                with self._lock:
+                    self._watches.discard(created)
+
+        def _watch(self, snapshot, created, ended, context):
             for sandbox in snapshot:
                 yield pb2.WatchSandboxesEvent(
                     sandbox=pb2.WatchSandboxesSandboxEvent(sandbox=sandbox)
@@ -211,9 +231,16 @@ def make_servicer(pb2, pb2_grpc):
                         ),
                     )
                 )
-            # Open until the caller goes away (or the server stops).
-            while not ended.wait(0.5) and context.is_active():
-                pass
+            # Open until the caller goes away (or the server stops), with an
+            # event for every sandbox created meanwhile.
+            while not ended.is_set() and context.is_active():
+                try:
+                    sandbox = created.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                yield pb2.WatchSandboxesEvent(
+                    sandbox=pb2.WatchSandboxesSandboxEvent(sandbox=sandbox)
+                )
             log("WatchSandboxes cancelled by the caller")
 
         def EnsureWorkspace(self, request, context):

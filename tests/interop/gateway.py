@@ -5,7 +5,8 @@ It plays the OpenShell gateway in the interop tests (tests/interop.rs),
 dialling the shim's Unix socket with grpcio's C core instead of hyper/tonic:
 
     python3 tests/interop/gateway.py /path/to/compute-driver.sock \
-        --driver python-grpcio|demo [--authority NAME] [--stubs DIR]
+        --driver python-grpcio|demo [--authority NAME] [--stubs DIR] \
+        [--scenario session|outage|idle-watch] [--idle-seconds N]
 
 --driver names what is expected behind the socket: the grpcio driver of
 tests/interop/driver.py or the bridge's own demo driver; the session is the
@@ -13,15 +14,27 @@ same, only the driver-specific expectations differ. Prints one line per step
 ("PASS step: ..." or "FAIL step: ...") and exits 0 only when every step
 passed. Every call carries a deadline, so the session never hangs.
 
---authority sets the HTTP/2 :authority (default "localhost", as grpc-go and
-Kubernetes use on Unix sockets; the OpenShell gateway sends "[::]:50051").
-Since 1.57 grpcio's own default for a `unix:` target is the %-encoded socket
-path (grpc/grpc#38142), which HTTP/2 servers built on h2 (tonic, hyper, the
-shim) refuse with RST_STREAM(PROTOCOL_ERROR); pass --authority "" to send it.
+--scenario picks what the gateway does on its one channel:
+- session (default): the scripted session above;
+- outage: for a shim whose upstream is down: a first call must fail
+  UNAVAILABLE; the gateway then prints "waiting for the upstream", reads a
+  line from stdin (the test starts the upstream, then writes one) and runs
+  the session on the same channel;
+- idle-watch: creates a sandbox, opens WatchSandboxes, sees that sandbox,
+  then holds the watch with nothing arriving for --idle-seconds, creates
+  another sandbox and must see its event on the same watch.
+
+--authority sets the HTTP/2 :authority through `grpc.default_authority`;
+without it grpcio sends its own default, which for a `unix:` target is the
+%-encoded socket path (grpc/grpc#38142). The shim accepts either and
+rewrites it for the next hop. The channel has no other options: grpcio's
+defaults, keepalive included (a C-core client does not ping by default).
 """
 
 import argparse
+import queue
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,7 +45,6 @@ import grpc  # noqa: E402
 
 import stubs  # noqa: E402
 
-DEFAULT_AUTHORITY = "localhost"
 TIMEOUT = 5.0
 WATCH_TIMEOUT = 15.0
 IDS = ("interop-a", "interop-b")
@@ -286,15 +298,129 @@ class Session:
         return True
 
 
+def outage(pb2, pb2_grpc, channel, driver):
+    """A first call fails UNAVAILABLE; once told the upstream is up, the
+    session runs on the same channel."""
+    session = Session(pb2, pb2_grpc, channel, driver)
+
+    def first_call():
+        try:
+            got = session.stub.GetCapabilities(pb2.GetCapabilitiesRequest(), timeout=30.0)
+        except grpc.RpcError as e:
+            check(e.code() == grpc.StatusCode.UNAVAILABLE, f"expected UNAVAILABLE, got {describe(e)}")
+            return f"UNAVAILABLE {e.details()!r}"
+        raise StepFailed(f"answered while the upstream was down: {got}")
+
+    if not session.step("GetCapabilities while the upstream is down", first_call):
+        return False
+    print("waiting for the upstream", flush=True)
+    if not sys.stdin.readline():
+        print("FAIL outage: stdin closed before the upstream came up", flush=True)
+        return False
+    return session.run()
+
+
+def idle_watch(pb2, pb2_grpc, channel, idle_seconds):
+    """Holds an idle watch for idle_seconds, then needs a new event on it."""
+    session = Session(pb2, pb2_grpc, channel, None)
+    stub = session.stub
+    events = queue.Queue()  # (monotonic time, event or RpcError or None at the end)
+    stream = None
+
+    def read(stream):
+        try:
+            for event in stream:
+                events.put((time.monotonic(), event))
+            events.put((time.monotonic(), None))
+        except grpc.RpcError as e:
+            events.put((time.monotonic(), e))
+
+    def wait_for(sandbox_id, limit):
+        deadline = time.monotonic() + limit
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StepFailed(f"no event for {sandbox_id} within {limit}s")
+            try:
+                _, item = events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if item is None:
+                raise StepFailed(f"the watch ended cleanly before {sandbox_id} showed")
+            if isinstance(item, grpc.RpcError):
+                raise StepFailed(f"the watch ended {describe(item)} before {sandbox_id} showed")
+            if item.WhichOneof("payload") == "sandbox" and item.sandbox.sandbox.id == sandbox_id:
+                return
+
+    def open_watch():
+        nonlocal stream
+        stub.CreateSandbox(
+            pb2.CreateSandboxRequest(sandbox=session.sandbox("before-idle")), timeout=TIMEOUT
+        )
+        stream = stub.WatchSandboxes(pb2.WatchSandboxesRequest())  # no deadline, as the gateway
+        threading.Thread(target=read, args=(stream,), daemon=True).start()
+        wait_for("before-idle", WATCH_TIMEOUT)
+        # The driver's own first events (the grpcio driver sends three live
+        # ones right after its snapshot) settle before the idle period.
+        time.sleep(2.0)
+        burst = 0
+        while not events.empty():
+            _, item = events.get()
+            if item is None or isinstance(item, grpc.RpcError):
+                raise StepFailed(f"the watch ended right after opening: {item}")
+            burst += 1
+        return f"snapshot seen, then {burst} more events"
+
+    def hold():
+        started = time.monotonic()
+        try:
+            at, item = events.get(timeout=idle_seconds)
+        except queue.Empty:
+            return f"nothing arrived and nothing ended in {idle_seconds}s"
+        after = at - started
+        if item is None:
+            raise StepFailed(f"the watch ended cleanly after {after:.1f}s of idle")
+        if isinstance(item, grpc.RpcError):
+            raise StepFailed(f"the watch ended {describe(item)} after {after:.1f}s of idle")
+        raise StepFailed(f"an unexpected event after {after:.1f}s of idle: {item}")
+
+    def after_idle():
+        started = time.monotonic()
+        stub.CreateSandbox(
+            pb2.CreateSandboxRequest(sandbox=session.sandbox("after-idle")), timeout=TIMEOUT
+        )
+        wait_for("after-idle", WATCH_TIMEOUT)
+        took = (time.monotonic() - started) * 1000
+        return f"after-idle created and its event delivered on the same watch in {took:.0f} ms"
+
+    try:
+        for name, action in (
+            ("open watch", open_watch),
+            ("idle watch", hold),
+            ("event after idle", after_idle),
+        ):
+            if not session.step(name, action):
+                return False
+    finally:
+        if stream is not None:
+            stream.cancel()
+    print(f"idle watch passed: {idle_seconds}s", flush=True)
+    return True
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("socket", help="the driver socket to dial (the shim's)")
     parser.add_argument("--driver", choices=sorted(DRIVERS), default="python-grpcio")
     parser.add_argument(
         "--authority",
-        default=DEFAULT_AUTHORITY,
-        help='the :authority to send; "" for grpcio\'s own default (the socket path)',
+        default="",
+        help="the :authority to send (default: grpcio's own, the %%-encoded socket path)",
     )
+    parser.add_argument(
+        "--scenario", choices=("session", "outage", "idle-watch"), default="session"
+    )
+    parser.add_argument("--idle-seconds", type=float, default=130.0)
     parser.add_argument("--stubs", help="directory with the generated stubs (default: generate)")
     args = parser.parse_args()
 
@@ -308,7 +434,12 @@ def main():
             return 1
         authority = args.authority or "grpcio default (the socket path)"
         print(f"PASS connect: unix:{args.socket}, authority {authority}", flush=True)
-        ok = Session(pb2, pb2_grpc, channel, DRIVERS[args.driver]).run()
+        if args.scenario == "outage":
+            ok = outage(pb2, pb2_grpc, channel, DRIVERS[args.driver])
+        elif args.scenario == "idle-watch":
+            ok = idle_watch(pb2, pb2_grpc, channel, args.idle_seconds)
+        else:
+            ok = Session(pb2, pb2_grpc, channel, DRIVERS[args.driver]).run()
     return 0 if ok else 1
 
 
