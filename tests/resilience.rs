@@ -738,6 +738,23 @@ async fn a_second_signal_stops_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_outlasting_the_drain_timeout_ends_unavailable_naming_the_shutdown() {
+    let (mut chain, driver) = processes_with_slow_driver(Duration::from_secs(120), "1s").await;
+    let socket = chain.shim_socket.clone();
+    let slow = tokio::spawn(async move {
+        try_raw_call(&socket, "/openshell.compute.v1.ComputeDriver/Slow", &[], grpc_frame(b"")).await
+    });
+    assert!(eventually(Duration::from_secs(20), || driver.calls().len() == 1).await);
+    chain.shim.signal(rustix::process::Signal::TERM);
+    let response = tokio::time::timeout(Duration::from_secs(20), slow).await.unwrap().unwrap();
+    let response = response.unwrap_or_else(|e| panic!("the call got no gRPC status as the drain ran out: {e}"));
+    assert_eq!(response.grpc_status().as_deref(), Some("14"), "{response:?}");
+    assert!(response.grpc_message().contains("shim is shutting down"), "{}", response.grpc_message());
+    assert_eq!(chain.shim.wait_exit(Duration::from_secs(20)).await, Some(0));
+    assert!(!chain.shim_socket.exists(), "the socket file was left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_refusing_our_certificate_is_not_redialled_in_a_loop() {
     // With TLS 1.3 the relay's refusal of a client certificate arrives after
     // the client considers the handshake done: the connection "succeeds",
