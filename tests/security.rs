@@ -189,17 +189,20 @@ async fn hostile_tls_clients_are_refused_with_the_reason_logged_and_counted() {
     assert_eq!(tls_attempt(&addr, client_config(ca, Some(&good), tls13)).await, "accepted");
 
     // Each refusal counted under its reason (the self-signed one is of an unknown CA too).
-    for (reason, count) in [
+    let expected: Vec<(String, f64)> = [
         ("no_certificate", 1.0),
         ("unknown_ca", 2.0),
         ("expired", 1.0),
         ("not_yet_valid", 1.0),
         ("bad_certificate", 1.0),
         ("incompatible", 1.0),
-    ] {
-        let series = format!("openshell_bridge_tls_handshake_failures_total{{role=\"relay\",reason=\"{reason}\"}}");
-        chain.relay.expect_sample(&series, count).await;
-    }
+    ]
+    .iter()
+    .map(|(reason, n)| {
+        (format!("openshell_bridge_tls_handshake_failures_total{{role=\"relay\",reason=\"{reason}\"}}"), *n)
+    })
+    .collect();
+    chain.relay.expect_samples(&expected).await;
 
     undisturbed(&mut chain, &mut watch, "after-tls-clients").await;
 }
@@ -231,10 +234,13 @@ async fn non_tls_and_silent_peers_on_the_relay_port_are_dropped() {
     let n = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf)).await.unwrap().unwrap_or(0);
     assert_eq!(n, 0);
     chain.relay.expect_log(&["TLS handshake timed out"]).await;
-    for (reason, count) in [("not_tls", 2.0), ("timeout", 1.0)] {
-        let series = format!("openshell_bridge_tls_handshake_failures_total{{role=\"relay\",reason=\"{reason}\"}}");
-        chain.relay.expect_sample(&series, count).await;
-    }
+    let expected: Vec<(String, f64)> = [("not_tls", 2.0), ("timeout", 1.0)]
+        .iter()
+        .map(|(reason, n)| {
+            (format!("openshell_bridge_tls_handshake_failures_total{{role=\"relay\",reason=\"{reason}\"}}"), *n)
+        })
+        .collect();
+    chain.relay.expect_samples(&expected).await;
 
     undisturbed(&mut chain, &mut watch, "after-non-tls").await;
 }
@@ -258,10 +264,11 @@ async fn wrong_bytes_on_the_shim_socket_are_refused() {
     let n = tokio::time::timeout(Duration::from_secs(5), noise.read(&mut buf)).await.unwrap().unwrap_or(0);
     assert_eq!(n, 0);
     chain.shim.expect_log(&["refused a connection that does not speak HTTP/2"]).await;
-    for reason in ["http1", "not_http2"] {
-        let series = format!("openshell_bridge_refused_total{{role=\"shim\",reason=\"{reason}\"}}");
-        chain.shim.expect_sample(&series, 1.0).await;
-    }
+    let expected: Vec<(String, f64)> = ["http1", "not_http2"]
+        .iter()
+        .map(|reason| (format!("openshell_bridge_refused_total{{role=\"shim\",reason=\"{reason}\"}}"), 1.0))
+        .collect();
+    chain.shim.expect_samples(&expected).await;
 
     undisturbed(&mut chain, &mut watch, "after-shim-noise").await;
 }

@@ -164,6 +164,28 @@ impl Bridge {
         }
     }
 
+    /// Like `expect_sample` for several series at once; on time-out the
+    /// panic names every series that is not at its value.
+    pub async fn expect_samples(&self, expected: &[(String, f64)]) -> String {
+        let addr = self.admin_addr().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, scrape) = super::http_get(addr, "/metrics").await;
+            let wrong: Vec<String> = expected
+                .iter()
+                .filter(|(series, value)| super::sample(&scrape, series) != Some(*value))
+                .map(|(series, value)| format!("{series} is {:?}, not {value}", super::sample(&scrape, series)))
+                .collect();
+            if wrong.is_empty() {
+                return scrape;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{}:\n{}\nin:\n{scrape}", self.name, wrong.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
