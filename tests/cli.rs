@@ -12,8 +12,8 @@ use common::*;
 async fn run(args: &[&str]) -> (Option<i32>, String) {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let mut bridge = Bridge::spawn("cli", &args, &[]);
+    // wait_exit reads the output to its end.
     let code = bridge.wait_exit(Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     (code, bridge.output())
 }
 

@@ -11,10 +11,12 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::process::{tls_args, Bridge};
+use common::process::{tls_args, Bridge, ProcessChain};
 use common::*;
 use openshell_driver_bridge::connect::open::PREFACE as H2_PREFACE;
 use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
+use openshell_driver_bridge::obs::metrics::Exposition;
+use openshell_driver_bridge::role::admin::scrape;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -261,7 +263,7 @@ async fn child_shim_out_of_descriptors() {
     let mut config = shim_config(&pki, &dir.join("shim/s.sock"), "127.0.0.1:9".parse().unwrap());
     config.settings.server.max_connections = 8;
     let shutdown = openshell_driver_bridge::shutdown::Shutdown::new();
-    let _shim = openshell_driver_bridge::role::shim::start(config, shutdown.clone()).unwrap();
+    let shim = openshell_driver_bridge::role::shim::start(config, shutdown.clone()).unwrap();
     let mut held = Vec::new();
     for _ in 0..1024 {
         match std::fs::File::open("/dev/null") {
@@ -272,7 +274,17 @@ async fn child_shim_out_of_descriptors() {
             }
         }
     }
-    tokio::time::sleep(Duration::from_secs(60)).await;
+    // Reports the refusal counter whenever it changes, for the parent.
+    let series = "openshell_bridge_refused_total{role=\"shim\",reason=\"descriptor_limit\"}";
+    let mut reported = None;
+    for _ in 0..600 {
+        let now = sample(&scrape(&shim.forwarder, Exposition::Prometheus), series);
+        if now != reported {
+            eprintln!("metric {series} {}", now.unwrap_or(0.0));
+            reported = now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(held);
 }
 
@@ -325,5 +337,86 @@ async fn a_client_beyond_the_descriptor_limit_is_closed_at_once() {
     let lines =
         log.lock().unwrap().iter().filter(|l| l.contains("refused a connection: out of file descriptors")).count();
     assert_eq!(lines, 1, "child:\n{}", output());
+    // And every one of the three is counted.
+    let counted = "metric openshell_bridge_refused_total{role=\"shim\",reason=\"descriptor_limit\"} 3";
+    assert!(eventually(Duration::from_secs(20), || has(counted)).await, "child:\n{}", output());
     child.kill().await.unwrap();
+}
+
+const SERVICE: &str = "/openshell.compute.v1.ComputeDriver";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_header_bytes_refuses_a_larger_header_block_with_resource_exhausted_naming_the_limit() {
+    let chain = ProcessChain::start(&[], &["--max-header-bytes", "2048"], &[]).await;
+    let io = tokio::net::UnixStream::connect(&chain.shim_socket).await.unwrap();
+    let mut client = FrameClient::start(io).await;
+    let big = "x".repeat(3000);
+    client.send(request_headers(1, &format!("{SERVICE}/GetCapabilities"), &[("x-big", &big)], false)).await;
+    client.send(last_data(1, grpc_frame(b""))).await;
+    let (status, message) = grpc_outcome(&client.end_of(1).await);
+    assert_eq!(status, "8", "{message}");
+    assert!(message.contains("request headers larger than 2048 bytes"), "{message}");
+    // Within the limit, on the same connection: served.
+    let fits = "x".repeat(1000);
+    client.send(request_headers(3, &format!("{SERVICE}/GetCapabilities"), &[("x-big", &fits)], false)).await;
+    client.send(last_data(3, grpc_frame(b""))).await;
+    let (status, message) = grpc_outcome(&client.end_of(3).await);
+    assert_eq!(status, "0", "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrent_streams_is_announced_and_a_stream_beyond_it_is_refused() {
+    let chain = ProcessChain::start(&[], &["--max-concurrent-streams", "2"], &[]).await;
+    let io = tokio::net::UnixStream::connect(&chain.shim_socket).await.unwrap();
+    let mut client = FrameClient::start(io).await;
+    // The shim's SETTINGS tell the client the limit.
+    let announced = loop {
+        match client.next().await.expect("the shim closed the connection") {
+            h2::frame::Frame::Settings(s) if !s.is_ack() => break s.max_concurrent_streams(),
+            _ => {}
+        }
+    };
+    assert_eq!(announced, Some(2));
+    // Two calls open (their requests not ended), a third refused.
+    let path = format!("{SERVICE}/GetCapabilities");
+    for id in [1, 3, 5] {
+        client.send(request_headers(id, &path, &[], false)).await;
+    }
+    match client.end_of(5).await {
+        h2::frame::Frame::Reset(reset) => assert_eq!(reset.reason(), h2::Reason::REFUSED_STREAM),
+        other => panic!("stream 5 was not refused: {other:?}"),
+    }
+    // Once one of the two ends, a new one is taken.
+    client.send(last_data(1, grpc_frame(b""))).await;
+    assert_eq!(grpc_outcome(&client.end_of(1).await).0, "0");
+    client.send(request_headers(7, &path, &[], false)).await;
+    client.send(last_data(7, grpc_frame(b""))).await;
+    assert_eq!(grpc_outcome(&client.end_of(7).await).0, "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_closes_the_connection_beyond_it_and_counts_the_refusal() {
+    let chain = ProcessChain::start(&[], &["--max-connections", "2", "--admin", "127.0.0.1:0"], &[]).await;
+    // Served: the shim answers the preface with its SETTINGS.
+    let served = || async {
+        let mut client = tokio::net::UnixStream::connect(&chain.shim_socket).await.unwrap();
+        let _ = client.write_all(H2_PREFACE).await;
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(20), client.read(&mut buf)).await;
+        (matches!(read, Ok(Ok(n)) if n > 0), client)
+    };
+    let (first, a) = served().await;
+    let (second, b) = served().await;
+    assert!(first && second, "the two connections within the limit were not both served");
+    let (third, _c) = served().await;
+    assert!(!third, "a third connection was served with --max-connections 2");
+    chain.shim.expect_log(&["refused a connection: connection limit reached (--max-connections)"]).await;
+    chain.shim.expect_sample("openshell_bridge_refused_total{role=\"shim\",reason=\"connection_limit\"}", 1.0).await;
+    chain.shim.expect_sample("openshell_bridge_client_connections{role=\"shim\"}", 2.0).await;
+    // A place freed is taken again.
+    drop(a);
+    chain.shim.expect_sample("openshell_bridge_client_connections{role=\"shim\"}", 1.0).await;
+    let (again, _d) = served().await;
+    assert!(again, "a connection within the limit again was not served");
+    drop(b);
 }

@@ -7,11 +7,16 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::process::Bridge;
+use common::process::{field, Bridge, BIN};
 use common::*;
 use openshell_driver_bridge::demo::driver::DemoDriver;
 use openshell_driver_bridge::grpc::client::driver_client;
+use openshell_driver_bridge::obs::metrics::Exposition;
 use openshell_driver_bridge::proto::compute::*;
+use openshell_driver_bridge::role::admin::scrape;
+use openshell_driver_bridge::role::relay::{self, DriverTarget, RunningRelay};
+use openshell_driver_bridge::role::shim::{self, RunningShim};
+use openshell_driver_bridge::shutdown::Shutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A plain HTTP/1.1 GET; (status code, body).
@@ -71,7 +76,8 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     assert_eq!(refused.grpc_status().as_deref(), Some("12"));
     // A client with no certificate at the relay: a handshake failure.
     let _ = tokio::net::TcpStream::connect(chain.relay.local_addr).await.unwrap().write_all(b"hello").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let relay_metrics = chain.relay.forwarder.metrics().clone();
+    wait_for("the relay to count the failed handshake", || relay_metrics.handshake_failures() == 1).await;
 
     let (code, metrics) = get(shim_admin, "/metrics").await;
     assert_eq!(code, 200);
@@ -108,36 +114,139 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     assert_eq!(get(shim_admin, "/nothing").await.0, 404);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shim_socket_answers_grpc_health_checks() {
-    let dir = tempfile::tempdir().unwrap();
-    let chain =
-        Chain::start_with(dir, |_| {}, |shim| shim.settings.dial.connect_wait = Duration::from_millis(500)).await;
-    let check = || raw_call(&chain.shim_socket, "/grpc.health.v1.Health/Check", &[], grpc_frame(b""));
-    // The relay is up but has no driver: the shim's link still comes up, so SERVING
-    // describes the shim's hop; readiness of the driver is the relay's business.
-    let response = check().await;
-    assert_eq!(response.grpc_status().as_deref(), Some("0"));
-    assert_eq!(grpc_messages(response.body), vec![bytes::Bytes::from_static(&[0x08, 0x01])], "expected SERVING");
+/// A relay and a shim in front of it, each with a shutdown of its own, so
+/// the relay can go away under a shim that stays. No driver.
+struct Split {
+    _dir: tempfile::TempDir,
+    relay_shutdown: Shutdown,
+    relay: RunningRelay,
+    shim_shutdown: Shutdown,
+    shim: RunningShim,
+    shim_socket: std::path::PathBuf,
+}
 
-    let unknown = raw_call(&chain.shim_socket, "/grpc.health.v1.Health/Check", &[], grpc_frame(b"\x0a\x03foo")).await;
+impl Split {
+    async fn start() -> Split {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::new(&dir.path().join("pki"));
+        let relay_shutdown = Shutdown::new();
+        let driver = DriverTarget::Unix(dir.path().join("driver/d.sock"));
+        let relay = relay::start(relay_config(&pki, driver), relay_shutdown.clone()).await.unwrap();
+        let shim_socket = dir.path().join("shim/s.sock");
+        let shim_shutdown = Shutdown::new();
+        let shim = shim::start(shim_config(&pki, &shim_socket, relay.local_addr), shim_shutdown.clone()).unwrap();
+        Split { _dir: dir, relay_shutdown, relay, shim_shutdown, shim, shim_socket }
+    }
+
+    /// Stops the relay (its connections dropped) and waits until the shim
+    /// has seen its last connection to it go.
+    async fn stop_relay(&mut self) {
+        self.relay_shutdown.stop_now();
+        let _ = (&mut self.relay.task).await;
+        let dialer = self.shim.forwarder.dialer().clone();
+        wait_for("the shim to see its connections to the relay end", || dialer.status().open == 0).await;
+    }
+}
+
+impl Drop for Split {
+    fn drop(&mut self) {
+        self.relay_shutdown.stop_now();
+        self.shim_shutdown.stop_now();
+    }
+}
+
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+const SERVING: &[u8] = &[0x08, 0x01];
+const NOT_SERVING: &[u8] = &[0x08, 0x02];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_socket_answers_grpc_health_checks_serving_then_not_serving_on_one_connection() {
+    let mut split = Split::start().await;
+    // One gateway connection for every check, as a prober that keeps its channel.
+    let mut gateway = raw_connection(&split.shim_socket).await;
+    // The relay is up but has no driver: the shim's hop is up, so SERVING
+    // describes the shim's hop; readiness of the driver is the relay's business.
+    let response = raw_request(&mut gateway, HEALTH_CHECK, &[], grpc_frame(b"")).await;
+    assert_eq!(response.grpc_status().as_deref(), Some("0"), "{}", response.grpc_message());
+    assert_eq!(grpc_messages(response.body), vec![bytes::Bytes::from_static(SERVING)], "expected SERVING");
+
+    let unknown = raw_request(&mut gateway, HEALTH_CHECK, &[], grpc_frame(b"\x0a\x03foo")).await;
     assert_eq!(unknown.grpc_status().as_deref(), Some("5"));
 
-    // The relay goes away: NOT_SERVING.
-    chain.relay.task.abort();
-    chain.shutdown.stop_now();
+    // The relay goes away under the live shim: the same connection's next
+    // check says NOT_SERVING.
+    split.stop_relay().await;
+    let response = raw_request(&mut gateway, HEALTH_CHECK, &[], grpc_frame(b"")).await;
+    assert_eq!(response.grpc_status().as_deref(), Some("0"), "{}", response.grpc_message());
+    assert_eq!(grpc_messages(response.body), vec![bytes::Bytes::from_static(NOT_SERVING)], "expected NOT_SERVING");
+}
+
+/// `openshell_bridge_link_up` of the shim in `scrape`.
+fn link_up(scrape: &str) -> f64 {
+    let prefix = "openshell_bridge_link_up{role=\"shim\",peer=\"upstream 127.0.0.1:";
+    let line = scrape.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no link_up in:\n{scrape}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_up_is_one_while_a_connection_to_the_next_hop_is_open() {
+    let mut split = Split::start().await;
+    let forwarder = split.shim.forwarder.clone();
+    let metrics = move || scrape(&forwarder, Exposition::Prometheus);
+    // Lazy: no client, no connection to the relay.
+    assert_eq!(link_up(&metrics()), 0.0);
+    let mut gateway = raw_connection(&split.shim_socket).await;
+    // A health check answers once the connection's hop has answered (or not).
+    let response = raw_request(&mut gateway, HEALTH_CHECK, &[], grpc_frame(b"")).await;
+    assert_eq!(grpc_messages(response.body), vec![bytes::Bytes::from_static(SERVING)]);
+    assert_eq!(link_up(&metrics()), 1.0);
+    split.stop_relay().await;
+    assert_eq!(link_up(&metrics()), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shims_readyz_is_503_naming_the_upstream_while_it_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(&dir.path().join("pki"));
     let closed: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let socket = dir.path().join("lonely/s.sock");
-    let mut config = shim_config(&pki, &socket, closed);
-    config.settings.dial.connect_wait = Duration::from_millis(300);
-    let shutdown = openshell_driver_bridge::shutdown::Shutdown::new();
-    openshell_driver_bridge::role::shim::start(config, shutdown.clone()).unwrap();
-    let response = raw_call(&socket, "/grpc.health.v1.Health/Check", &[], grpc_frame(b"")).await;
-    assert_eq!(response.grpc_status().as_deref(), Some("0"));
-    assert_eq!(grpc_messages(response.body), vec![bytes::Bytes::from_static(&[0x08, 0x02])], "expected NOT_SERVING");
+    let mut config = shim_config(&pki, &dir.path().join("s/s.sock"), closed);
+    config.settings.admin = admin_on_loopback();
+    let shutdown = Shutdown::new();
+    let running = shim::start(config, shutdown.clone()).unwrap();
+    let (code, body) = http_get(running.admin.unwrap(), "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("not ready"), "{body}");
+    assert!(body.contains(&format!("upstream 127.0.0.1:{}", closed.port())), "{body}");
+    assert!(body.contains("connection refused"), "{body}");
+    assert_eq!(http_get(running.admin.unwrap(), "/healthz").await, (200, "ok\n".into()));
     shutdown.stop_now();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_client_abandons_counts_with_code_none() {
+    let (chain, _) = {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = Chain::start_with(dir, |_| {}, |_| {}).await;
+        let driver = RawDriver::serve(&chain.driver_socket, |_| Answer {
+            delay: Duration::from_secs(60),
+            ..Answer::ok(grpc_frame(b""))
+        });
+        (chain, driver)
+    };
+    let socket = chain.shim_socket.clone();
+    let call = tokio::spawn(async move {
+        raw_call(&socket, "/openshell.compute.v1.ComputeDriver/GetSandbox", &[], grpc_frame(b"")).await
+    });
+    let shim_metrics = chain.shim.forwarder.metrics().clone();
+    wait_for("the call to be open at the shim", || shim_metrics.in_flight() == 1).await;
+    call.abort();
+    let shim = chain.shim.forwarder.clone();
+    let series = "openshell_bridge_calls_total{role=\"shim\",method=\"GetSandbox\",code=\"NONE\"}";
+    wait_for("the abandoned call to be counted", || sample(&scrape(&shim, Exposition::Prometheus), series).is_some())
+        .await;
+    let metrics = scrape(&shim, Exposition::Prometheus);
+    assert_eq!(sample(&metrics, series), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "openshell_bridge_open_calls{role=\"shim\"}"), Some(0.0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,20 +290,29 @@ async fn a_relay_runs_from_a_config_file_and_shows_it() {
     let mut shown =
         Bridge::spawn("relay", &["relay".into(), "--config".into(), config.clone(), "--print-config".into()], &[]);
     assert_eq!(shown.wait_exit(Duration::from_secs(10)).await, Some(0));
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let text = shown.output();
     assert!(text.contains("connect-wait = \"2s\"  # file"), "{text}");
     assert!(text.contains("allow-client-read-only = [\"uri:spiffe://corp/ro/*\"]  # file"), "{text}");
     assert!(text.contains("drain-timeout = \"10s\"  # default"), "{text}");
     assert!(!text.contains("PRIVATE KEY"), "key material in --print-config");
 
-    let relay = Bridge::spawn(
-        "relay",
-        &["relay".into(), "--config".into(), config],
-        &[("OPENSHELL_BRIDGE_CONNECT_WAIT", "1s")],
-    );
+    // The environment beats the file: shown as such, and in force.
+    let env = [("OPENSHELL_BRIDGE_CONNECT_WAIT", "1s")];
+    let mut shown =
+        Bridge::spawn("relay", &["relay".into(), "--config".into(), config.clone(), "--print-config".into()], &env);
+    assert_eq!(shown.wait_exit(Duration::from_secs(10)).await, Some(0));
+    let text = shown.output();
+    assert!(text.contains("connect-wait = \"1s\"  # env"), "{text}");
+    let relay = Bridge::spawn("relay", &["relay".into(), "--config".into(), config], &env);
     let line = relay.expect_log(&["relay serving"]).await;
     assert!(line.contains("uri:spiffe://corp/ro/* (read-only)"), "{line}");
+    // No driver at driver-socket: a call waits for it as long as the
+    // environment says (the file says 2 s), then fails naming the wait.
+    let addr: SocketAddr = field(&line, "listen=").unwrap().parse().unwrap();
+    let path = "/openshell.compute.v1.ComputeDriver/GetCapabilities";
+    let response = raw_tls_call(addr, &pki, path, &[], grpc_frame(b"")).await;
+    assert_eq!(response.grpc_status().as_deref(), Some("14"), "{}", response.grpc_message());
+    assert!(response.grpc_message().contains("after waiting 1000 ms"), "{}", response.grpc_message());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,4 +499,101 @@ async fn names_from_the_wire_cannot_forge_log_lines_or_break_the_scrape() {
             assert!(line.contains("\\nFORGED"), "{}: a raw newline from the wire in the log:\n{log}", bridge.name);
         }
     }
+}
+
+/// A shim process whose upstream is never reached (it dials lazily).
+fn lone_shim(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Bridge {
+    let pki = TestPki::new(&dir.join("pki"));
+    let mut args: Vec<String> = vec![
+        "shim".into(),
+        "--socket".into(),
+        dir.join("s/s.sock").display().to_string(),
+        "--upstream".into(),
+        "https://127.0.0.1:9".into(),
+    ];
+    args.extend(common::process::tls_args(&pki.ca_file, &pki.client));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Bridge::spawn("shim", &args, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = lone_shim(dir.path(), &["--log-format", "json"], &[]);
+    let line = shim.expect_log(&["shim serving"]).await;
+    assert!(line.contains("\"level\":\"INFO\""), "{line}");
+    assert!(line.contains("\"message\":\"shim serving\""), "{line}");
+    assert!(line.contains("\"socket\":\""), "{line}");
+    for line in shim.output().lines() {
+        assert!(line.starts_with('{') && line.ends_with('}'), "not a JSON object: {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_wins_over_log_level() {
+    // --log-level error would hide the start-up line (info); RUST_LOG=info shows it.
+    let dir = tempfile::tempdir().unwrap();
+    let shim = lone_shim(&dir.path().join("a"), &["--log-level", "error"], &[("RUST_LOG", "info")]);
+    shim.expect_log(&["shim serving"]).await;
+
+    // --log-level info would show it; RUST_LOG=warn hides it. A warning
+    // (a refused HTTP/1 request) is logged after start-up, so once it is
+    // there, the start-up line would be too.
+    let shim = lone_shim(&dir.path().join("b"), &["--log-level", "info"], &[("RUST_LOG", "warn")]);
+    let socket = dir.path().join("b/s/s.sock");
+    wait_for("the shim's socket", || socket.exists()).await;
+    let mut http1 = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    http1.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(20), http1.read_to_string(&mut reply)).await.unwrap().unwrap();
+    shim.expect_log(&["refused an HTTP/1.x request"]).await;
+    assert!(shim.find_log(&["shim serving"]).is_none(), "RUST_LOG=warn did not win:\n{}", shim.output());
+}
+
+/// Whether this machine lets us make a network namespace of our own
+/// (`unshare -rn`): in one, listening on every address exposes nothing.
+fn can_unshare_network() -> bool {
+    std::process::Command::new("unshare")
+        .args(["-rn", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_listening_beyond_loopback_says_so_and_one_on_loopback_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let relay_args = |listen: &str| {
+        let mut args: Vec<String> = ["relay", "--listen", listen, "--driver-socket", "/nonexistent/d.sock"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--allow-client".into(), format!("dns:{GATEWAY_ID}")]);
+        args.extend(common::process::tls_args(&pki.ca_file, &pki.server));
+        args
+    };
+    let on_loopback = Bridge::spawn("relay", &relay_args("127.0.0.1:0"), &[]);
+    on_loopback.expect_log(&["relay serving"]).await;
+    // The line comes before "relay serving" when it comes at all.
+    assert!(on_loopback.find_log(&["network address"]).is_none(), "{}", on_loopback.output());
+
+    if !can_unshare_network() {
+        let required = std::env::var("OPENSHELL_BRIDGE_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1");
+        assert!(!required, "`unshare -rn` is not possible here, and OPENSHELL_BRIDGE_REQUIRE_ROOT_TESTS=1");
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"\n*** SKIPPED the non-loopback half of a_relay_listening_beyond_loopback_says_so: \
+              no network namespace (`unshare -rn`) here, and tests listen on loopback only ***\n",
+        );
+        return;
+    }
+    // 0.0.0.0 inside a network namespace of its own: only its own (down) loopback.
+    let mut args = vec!["-rn".to_string(), BIN.to_string()];
+    args.extend(relay_args("0.0.0.0:0"));
+    let everywhere = Bridge::spawn_program("relay-any", tokio::process::Command::new("unshare"), &args, &[]);
+    let line = everywhere.expect_log(&["relay listening on a network address"]).await;
+    assert!(line.contains("0.0.0.0:"), "{line}");
+    assert!(line.contains("clients must present a certificate of --ca"), "{line}");
 }

@@ -174,9 +174,18 @@ async fn paths_of_other_services_are_refused_and_never_forwarded() {
         assert_eq!(response.grpc_status().as_deref(), Some("12"), "{path}");
         assert!(response.grpc_message().contains("not a method of openshell.compute.v1.ComputeDriver"));
     }
-    // Nor may a client of the relay reach them by talking to the relay directly:
-    // the relay applies the same rule (checked by the shim's refusal never
-    // producing a driver call either way).
+    // Nor may a client of the relay reach them by talking to the relay
+    // directly: the relay applies the same rule itself.
+    for path in [
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/openshell.compute.v1.ComputeDriverAdmin/Drop",
+        "/openshell.compute.v1.ComputeDriver/",
+        "/",
+    ] {
+        let response = raw_tls_call(chain.relay.local_addr, &chain.pki, path, &[], grpc_frame(b"")).await;
+        assert_eq!(response.grpc_status().as_deref(), Some("12"), "relay: {path}");
+        assert!(response.grpc_message().contains("not a method of openshell.compute.v1.ComputeDriver"));
+    }
     assert!(driver.calls().is_empty(), "a refused path reached the driver");
 }
 

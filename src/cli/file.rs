@@ -304,12 +304,137 @@ mod tests {
         assert!(message.contains("--config /nonexistent/relay.toml: cannot read"), "{message}");
     }
 
+    /// Every flag a role has, written in a file with a value other than its
+    /// default: the key each one needs, in TOML as written.
+    const SHARED_KEYS: &[(&str, &str)] = &[
+        ("admin", "\"127.0.0.1:9191\""),
+        ("unsafe-admin", "true"),
+        ("ca", "\"/etc/b/ca.pem\""),
+        ("cert", "\"/etc/b/me.pem\""),
+        ("key", "\"/etc/b/me-key.pem\""),
+        ("allow-loose-key-permissions", "true"),
+        ("tls12", "true"),
+        ("reload-interval", "\"7s\""),
+        ("connect-wait", "\"21s\""),
+        ("connect-timeout", "\"4s\""),
+        ("keepalive-interval", "\"11s\""),
+        ("keepalive-timeout", "\"12s\""),
+        ("default-timeout", "\"30s\""),
+        ("drain-timeout", "\"13s\""),
+        ("max-header-bytes", "4096"),
+        ("max-concurrent-streams", "17"),
+        ("max-connections", "33"),
+        ("handshake-timeout", "\"9s\""),
+        ("worker-threads", "3"),
+    ];
+
+    const SHIM_KEYS: &[(&str, &str)] = &[
+        ("socket", "\"/run/b/s.sock\""),
+        ("upstream", "[\"https://a:1\", \"https://b:2\"]"),
+        ("server-name", "\"relay.internal\""),
+        ("expect-server", "[\"uri:spiffe://corp/relay\"]"),
+        ("allow-uid", "[1001, 1002]"),
+    ];
+
+    /// The relay's own keys; `driver-socket` and `driver-url` exclude each
+    /// other, so there are two files.
+    const RELAY_KEYS: &[(&str, &str)] = &[
+        ("listen", "\"127.0.0.1:7443\""),
+        ("unsafe-driver-target", "true"),
+        ("allow-client", "[\"dns:gw\", \"uri:spiffe://corp/edge/*\"]"),
+        ("allow-client-read-only", "[\"cn:viewer\"]"),
+        ("allow-any-client", "true"),
+        ("max-handshakes", "5"),
+        ("max-handshakes-per-source", "2"),
+    ];
+
+    /// Writes `keys` in a file, parses `role --config FILE` and checks that
+    /// the effective configuration shows every one with the file's value
+    /// (the TOML scalars here are written as the rendering writes them).
+    fn parse_file(role: &str, keys: &[&[(&str, &str)]]) -> (crate::cli::args::Parsed, tempfile::TempDir) {
+        let keys: Vec<(&str, &str)> = keys.iter().flat_map(|k| k.iter().copied()).collect();
+        let text: String = keys.iter().map(|(key, value)| format!("{key} = {value}\n")).collect();
+        let (dir, path) = write(&text);
+        let parsed = parse_from(args(&["bridge", role, "--config", &path])).unwrap_or_else(|e| panic!("{e:?}"));
+        let shown = parsed.effective.clone().unwrap();
+        for (key, value) in &keys {
+            assert!(
+                shown.contains(&format!("\n{key} = {value}  # file\n")),
+                "{role}: {key} = {value} not taken from the file:\n{shown}"
+            );
+        }
+        (parsed, dir)
+    }
+
     #[test]
     fn every_role_flag_can_be_written_in_a_file() {
+        use std::path::PathBuf;
+        use std::time::Duration;
+
+        // The lists name every flag of both roles (so a new flag must be added here).
         let cli = Cli::command();
-        for role in ["shim", "relay"] {
+        for (role, lists) in [("shim", vec![SHIM_KEYS, SHARED_KEYS]), ("relay", vec![RELAY_KEYS, SHARED_KEYS])] {
             let command = cli.find_subcommand(role).unwrap();
-            assert!(command.get_arguments().any(|a| a.get_long() == Some("config")), "{role} lacks --config");
+            for arg in command.get_arguments() {
+                let Some(name) = arg.get_long() else { continue };
+                let listed = lists.iter().flat_map(|l| l.iter()).any(|(key, _)| *key == name)
+                    || (role == "relay" && ["driver-socket", "driver-url"].contains(&name));
+                assert!(listed || is_not_in_file(name), "{role} --{name} is not written in a file by this test");
+            }
+        }
+
+        let (parsed, _dir) = parse_file("shim", &[SHIM_KEYS, SHARED_KEYS]);
+        let Role::Shim(shim) = parsed.cli.command else { panic!("not shim") };
+        assert_eq!(shim.socket, PathBuf::from("/run/b/s.sock"));
+        assert_eq!(shim.upstreams, vec!["https://a:1", "https://b:2"]);
+        assert_eq!(shim.server_name.as_deref(), Some("relay.internal"));
+        assert_eq!(shim.expect_server, vec!["uri:spiffe://corp/relay"]);
+        assert_eq!(shim.allow_uids, vec![1001, 1002]);
+        let check_shared = |admin: &crate::cli::args::AdminArgs,
+                            tls: &crate::cli::args::TlsArgs,
+                            tuning: &crate::cli::args::TuningArgs| {
+            assert_eq!(admin.admin, Some("127.0.0.1:9191".parse().unwrap()));
+            assert!(admin.unsafe_admin);
+            assert_eq!(tls.ca, PathBuf::from("/etc/b/ca.pem"));
+            assert_eq!(tls.cert, PathBuf::from("/etc/b/me.pem"));
+            assert_eq!(tls.key, PathBuf::from("/etc/b/me-key.pem"));
+            assert!(tls.allow_loose_key_permissions);
+            assert!(tls.tls12);
+            assert_eq!(tls.reload_interval, Duration::from_secs(7));
+            assert_eq!(tuning.connect_wait, Duration::from_secs(21));
+            assert_eq!(tuning.connect_timeout, Duration::from_secs(4));
+            assert_eq!(tuning.keepalive_interval, Duration::from_secs(11));
+            assert_eq!(tuning.keepalive_timeout, Duration::from_secs(12));
+            assert_eq!(tuning.default_timeout, Some(Duration::from_secs(30)));
+            assert_eq!(tuning.drain_timeout, Duration::from_secs(13));
+            assert_eq!(tuning.max_header_bytes, 4096);
+            assert_eq!(tuning.max_concurrent_streams, 17);
+            assert_eq!(tuning.max_connections, 33);
+            assert_eq!(tuning.handshake_timeout, Duration::from_secs(9));
+            assert_eq!(tuning.worker_threads, 3);
+        };
+        check_shared(&shim.admin, &shim.tls, &shim.tuning);
+
+        for (driver_key, driver_value) in
+            [("driver-socket", "\"/run/driver/d.sock\""), ("driver-url", "\"http://10.0.0.9:50051\"")]
+        {
+            let (parsed, _dir) = parse_file("relay", &[RELAY_KEYS, SHARED_KEYS, &[(driver_key, driver_value)]]);
+            let Role::Relay(relay) = parsed.cli.command else { panic!("not relay") };
+            assert_eq!(relay.listen, "127.0.0.1:7443");
+            if driver_key == "driver-socket" {
+                assert_eq!(relay.driver_socket, Some(PathBuf::from("/run/driver/d.sock")));
+                assert_eq!(relay.driver_url, None);
+            } else {
+                assert_eq!(relay.driver_url.as_deref(), Some("http://10.0.0.9:50051"));
+                assert_eq!(relay.driver_socket, None);
+            }
+            assert!(relay.unsafe_driver_target);
+            assert_eq!(relay.allow_clients, vec!["dns:gw", "uri:spiffe://corp/edge/*"]);
+            assert_eq!(relay.allow_clients_read_only, vec!["cn:viewer"]);
+            assert!(relay.allow_any_client);
+            assert_eq!(relay.max_handshakes, 5);
+            assert_eq!(relay.max_handshakes_per_source, 2);
+            check_shared(&relay.admin, &relay.tls, &relay.tuning);
         }
     }
 }

@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use openshell_driver_bridge::admit::policy::{Access, Rule};
 use openshell_driver_bridge::connect::dialer::DialSettings;
 use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
-use openshell_driver_bridge::listen::uds::PrivateSocket;
+use openshell_driver_bridge::listen::uds::{own_uid, PrivateSocket};
 use openshell_driver_bridge::pki::{self, Ca, LeafSpec};
 use openshell_driver_bridge::role::relay::{self, DriverTarget, RelayConfig, RunningRelay};
 use openshell_driver_bridge::role::shim::{self, RunningShim, ShimConfig, Upstream};
@@ -203,6 +203,8 @@ pub struct SeenCall {
     /// The length of every DATA frame as the driver's HTTP/2 stack handed
     /// it on, empty ones included.
     pub frames: Vec<usize>,
+    /// Which of the driver's connections carried it (1 for the first accepted).
+    pub connection: usize,
 }
 
 /// How a raw driver answers one call.
@@ -229,12 +231,21 @@ pub struct RawDriver {
     pub seen: Arc<Mutex<Vec<SeenCall>>>,
     /// Calls whose response was dropped before it completed (cancellations).
     pub cancelled: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    /// Bumped to make every connection open now say GOAWAY.
+    goaway: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl RawDriver {
     pub fn serve(socket: &Path, handler: impl Fn(&SeenCall) -> Answer + Send + Sync + 'static) -> RawDriver {
         let listener = PrivateSocket::bind(socket, &[]).unwrap();
-        let driver = RawDriver { seen: Arc::default(), cancelled: Arc::default() };
+        let driver = RawDriver {
+            seen: Arc::default(),
+            cancelled: Arc::default(),
+            accepted: Arc::default(),
+            goaway: Arc::new(tokio::sync::watch::channel(0).0),
+        };
         let handler: Handler = Arc::new(handler);
         let this = driver.clone();
         tokio::spawn(async move {
@@ -243,28 +254,50 @@ impl RawDriver {
                 let (stream, _) = listener.accept().await;
                 let this = this.clone();
                 let handler = handler.clone();
+                let number = this.accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let mut goaway = this.goaway.subscribe();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let this = this.clone();
                         let handler = handler.clone();
-                        async move { Ok::<_, std::convert::Infallible>(this.answer(req, handler).await) }
+                        async move { Ok::<_, std::convert::Infallible>(this.answer(req, handler, number).await) }
                     });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .max_frame_size(1 << 20)
                         // A driver that sends exactly the headers it is told to.
                         .auto_date_header(false)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        Ok(()) = goaway.changed() => {
+                            // A graceful GOAWAY: streams in progress finish, no new ones.
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
                 });
             }
         });
         driver
     }
 
+    /// Every connection open now says GOAWAY (gracefully, as a driver that
+    /// is being restarted does); connections accepted later are not affected.
+    pub fn goaway_all(&self) {
+        self.goaway.send_modify(|n| *n += 1);
+    }
+
+    /// Connections the driver accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn answer(
         &self,
         req: Request<Incoming>,
         handler: Handler,
+        connection: usize,
     ) -> Response<BoxBody<Bytes, std::convert::Infallible>> {
         let (parts, mut body) = req.into_parts();
         let (mut received, mut frames) = (Vec::new(), Vec::new());
@@ -274,8 +307,13 @@ impl RawDriver {
                 received.extend_from_slice(data);
             }
         }
-        let call =
-            SeenCall { path: parts.uri.path().to_owned(), headers: parts.headers, body: received.into(), frames };
+        let call = SeenCall {
+            path: parts.uri.path().to_owned(),
+            headers: parts.headers,
+            body: received.into(),
+            frames,
+            connection,
+        };
         self.seen.lock().unwrap().push(call.clone());
         let answer = handler(&call);
         if !answer.delay.is_zero() {
@@ -418,6 +456,12 @@ async fn raw_call_over(
     raw_request(&mut sender, uri_path, headers, body).await
 }
 
+/// One mutually authenticated HTTP/2 connection to the relay at `addr`
+/// (the test client's certificate), for several requests.
+pub async fn raw_tls_connection(addr: SocketAddr, pki: &TestPki) -> RawSender {
+    raw_connection_over(relay_tls(addr, pki).await).await
+}
+
 /// One HTTP/2 connection to the socket at `path`, for several requests.
 pub async fn raw_connection(path: &Path) -> RawSender {
     raw_connection_over(tokio::net::UnixStream::connect(path).await.unwrap()).await
@@ -438,6 +482,29 @@ async fn raw_connection_over(
 
 /// One request on `sender`'s connection (which must still be open).
 pub async fn raw_request(sender: &mut RawSender, uri_path: &str, headers: &[(&str, &str)], body: Bytes) -> RawResponse {
+    try_raw_request(sender, uri_path, headers, body).await.unwrap()
+}
+
+/// Like `raw_call`, but a connection that ends before the response does is
+/// an `Err` naming what happened, not a panic.
+pub async fn try_raw_call(
+    path: &Path,
+    uri_path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<RawResponse, String> {
+    let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    let mut sender = raw_connection_over(stream).await;
+    try_raw_request(&mut sender, uri_path, headers, body).await
+}
+
+/// Like `raw_request`; an `Err` when the response does not come whole.
+pub async fn try_raw_request(
+    sender: &mut RawSender,
+    uri_path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<RawResponse, String> {
     let mut request = Request::builder()
         .method("POST")
         .uri(format!("http://[::]:50051{uri_path}"))
@@ -446,18 +513,19 @@ pub async fn raw_request(sender: &mut RawSender, uri_path: &str, headers: &[(&st
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let response = sender.send_request(request.body(Full::new(body)).unwrap()).await.unwrap();
+    let response =
+        sender.send_request(request.body(Full::new(body)).unwrap()).await.map_err(|e| format!("no response: {e:?}"))?;
     let (parts, body) = response.into_parts();
     let ended_with_headers = http_body::Body::is_end_stream(&body);
-    let collected = body.collect().await.unwrap();
+    let collected = body.collect().await.map_err(|e| format!("response cut: {e:?}"))?;
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    RawResponse {
+    Ok(RawResponse {
         ended_with_headers,
         status: parts.status,
         headers: parts.headers,
         body: collected.to_bytes(),
         trailers,
-    }
+    })
 }
 
 /// Wraps a message in gRPC's 5-byte length prefix (uncompressed).
@@ -509,5 +577,138 @@ pub async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     while !condition() {
         assert!(std::time::Instant::now() < until, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET (an admin endpoint); (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_string(&mut reply)).await.unwrap().unwrap();
+    let code = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = reply.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+/// The value of the sample `series` (name and labels, exactly as written)
+/// in a scrape, or `None` when there is no such sample.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Whether a test that must change to another user can run: true as root.
+/// Otherwise it writes a skip line straight to stderr (past the test
+/// harness's capture, so it shows in every run) and returns false; with
+/// `OPENSHELL_BRIDGE_REQUIRE_ROOT_TESTS=1` (CI runs as root) it fails.
+pub fn runs_as_root(test: &str) -> bool {
+    if own_uid() == 0 {
+        return true;
+    }
+    let required = std::env::var("OPENSHELL_BRIDGE_REQUIRE_ROOT_TESTS").is_ok_and(|v| v == "1");
+    assert!(!required, "{test} needs root, and OPENSHELL_BRIDGE_REQUIRE_ROOT_TESTS=1 says it must run");
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "\n*** SKIPPED {test}: it changes to another UID, which needs root; this run is not root \
+             (OPENSHELL_BRIDGE_REQUIRE_ROOT_TESTS=1 makes this a failure) ***\n"
+        )
+        .as_bytes(),
+    );
+    false
+}
+
+// ---------------------------------------------------------------------------
+// An HTTP/2 client spoken frame by frame: it sends what a client library
+// would not (more streams than allowed, oversized headers) and shows every
+// frame that comes back.
+
+pub type Frame = h2::frame::Frame<Bytes>;
+
+pub struct FrameClient<T> {
+    codec: h2::Codec<T, Bytes>,
+}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> FrameClient<T> {
+    /// Sends the preface and empty SETTINGS over `io`.
+    pub async fn start(mut io: T) -> FrameClient<T> {
+        tokio::io::AsyncWriteExt::write_all(&mut io, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        let mut client = FrameClient { codec: h2::Codec::new(io) };
+        client.send(h2::frame::Settings::default().into()).await;
+        client
+    }
+
+    pub async fn send(&mut self, frame: Frame) {
+        std::future::poll_fn(|cx| self.codec.poll_ready(cx)).await.unwrap();
+        self.codec.buffer(frame).unwrap();
+        std::future::poll_fn(|cx| self.codec.flush(cx)).await.unwrap();
+    }
+
+    /// The next frame from the peer, within 20 s (SETTINGS are acknowledged
+    /// on the way); `None` when the connection ends.
+    pub async fn next(&mut self) -> Option<Frame> {
+        use futures_util::StreamExt;
+        let frame = match tokio::time::timeout(Duration::from_secs(20), self.codec.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(_))) | Ok(None) => return None,
+            Err(_) => panic!("no frame from the peer within 20 s"),
+        };
+        if let h2::frame::Frame::Settings(settings) = &frame {
+            if !settings.is_ack() {
+                self.send(h2::frame::Settings::ack().into()).await;
+            }
+        }
+        Some(frame)
+    }
+
+    /// Reads until stream `id` ends (its final HEADERS, or a RST_STREAM);
+    /// that frame.
+    pub async fn end_of(&mut self, id: u32) -> Frame {
+        loop {
+            match self.next().await.unwrap_or_else(|| panic!("the connection ended before stream {id} did")) {
+                h2::frame::Frame::Headers(h) if u32::from(h.stream_id()) == id && h.is_end_stream() => {
+                    return h2::frame::Frame::Headers(h)
+                }
+                h2::frame::Frame::Reset(r) if u32::from(r.stream_id()) == id => return h2::frame::Frame::Reset(r),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A gRPC request's HEADERS for `path` on stream `id`, with `extra` metadata.
+pub fn request_headers(id: u32, path: &str, extra: &[(&str, &str)], end_stream: bool) -> Frame {
+    use h2::frame::{Headers, Pseudo};
+    let uri: http::Uri = format!("http://localhost{path}").parse().unwrap();
+    let mut fields = HeaderMap::new();
+    fields.insert("content-type", "application/grpc".parse().unwrap());
+    fields.insert("te", "trailers".parse().unwrap());
+    for (name, value) in extra {
+        fields.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+    }
+    let mut headers = Headers::new(id.into(), Pseudo::request(http::Method::POST, uri, None), fields);
+    if end_stream {
+        headers.set_end_stream();
+    }
+    headers.into()
+}
+
+/// A DATA frame carrying `body` on stream `id`, ending the request.
+pub fn last_data(id: u32, body: Bytes) -> Frame {
+    let mut data = h2::frame::Data::new(id.into(), body);
+    data.set_end_stream(true);
+    data.into()
+}
+
+/// grpc-status and the decoded grpc-message of a final HEADERS frame.
+pub fn grpc_outcome(frame: &Frame) -> (String, String) {
+    match frame {
+        h2::frame::Frame::Headers(h) => {
+            let get = |name: &str| h.fields().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            (get("grpc-status"), percent_decode(&get("grpc-message")))
+        }
+        other => panic!("not a final HEADERS frame: {other:?}"),
     }
 }

@@ -112,6 +112,80 @@ impl Bridge {
         }
     }
 
+    /// How many lines are logged so far: a mark for `expect_log_after`.
+    pub fn mark(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// Asserts a line with all `parts` appears after `mark` (lines logged
+    /// before it do not count), within 20 s; returns it.
+    pub async fn expect_log_after(&self, mark: usize, parts: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let found =
+                self.log.lock().unwrap()[mark..].iter().find(|line| parts.iter().all(|p| line.contains(p))).cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{}: no log line with {parts:?} after line {mark}; log:\n{}", self.name, self.output());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The address of the admin endpoint (`--admin`), from the log.
+    pub async fn admin_addr(&self) -> std::net::SocketAddr {
+        let line = self.expect_log(&["admin endpoint serving"]).await;
+        field(&line, "admin=").expect("admin= in the log").parse().unwrap()
+    }
+
+    /// A scrape of the admin endpoint's `/metrics`.
+    pub async fn scrape(&self) -> String {
+        let (code, body) = super::http_get(self.admin_addr().await, "/metrics").await;
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
+    /// Waits (20 s at most) until the admin endpoint's scrape has `series`
+    /// (name and labels, exactly as written) at `value`; returns the scrape.
+    pub async fn expect_sample(&self, series: &str, value: f64) -> String {
+        let addr = self.admin_addr().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, scrape) = super::http_get(addr, "/metrics").await;
+            if super::sample(&scrape, series) == Some(value) {
+                return scrape;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{}: {series} is not {value} in:\n{scrape}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Like `expect_sample` for several series at once; on time-out the
+    /// panic names every series that is not at its value.
+    pub async fn expect_samples(&self, expected: &[(String, f64)]) -> String {
+        let addr = self.admin_addr().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, scrape) = super::http_get(addr, "/metrics").await;
+            let wrong: Vec<String> = expected
+                .iter()
+                .filter(|(series, value)| super::sample(&scrape, series) != Some(*value))
+                .map(|(series, value)| format!("{series} is {:?}, not {value}", super::sample(&scrape, series)))
+                .collect();
+            if wrong.is_empty() {
+                return scrape;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{}:\n{}\nin:\n{scrape}", self.name, wrong.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
