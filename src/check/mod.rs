@@ -22,6 +22,12 @@
 //! A step that depends on a failed one is shown as SKIP with the reason.
 //! Every network step is bounded by `--timeout`. The exit code is 0 only
 //! when no step failed (a WARN passes, with a hint).
+//!
+//! This file holds the command and the report; the steps live by family:
+//! `shim.rs` and `link.rs` (a shim and its link to each upstream),
+//! `relay.rs`, `socket.rs`, `material.rs` (the TLS files both roles
+//! check), with the gRPC calls in `call.rs` and the wording of times in
+//! `words.rs`.
 
 mod call;
 mod link;
