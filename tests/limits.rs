@@ -89,7 +89,7 @@ async fn stalled_handshakes_cannot_lock_a_returning_client_out() {
 
     let metrics = openshell_driver_bridge::role::admin::scrape(
         &chain.relay.forwarder,
-        openshell_driver_bridge::obs::metrics::Exposition::Prometheus,
+        openshell_driver_bridge::obs::metrics::exposition::Exposition::Prometheus,
     );
     assert!(metrics.contains("reason=\"handshake_limit\"} 8"), "{metrics}");
     drop(stalls);

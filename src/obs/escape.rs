@@ -6,7 +6,7 @@
 //! a bidirectional override) nor make one line huge.
 //!
 //! Metrics label values are escaped by the exposition encoder instead (see
-//! `metrics.rs`); their length is bounded there.
+//! `metrics/exposition.rs`); their length is bounded in `metrics/mod.rs`.
 
 use std::fmt;
 

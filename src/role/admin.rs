@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::admit::Forwarder;
-use crate::obs::metrics::{Exposition, HopState};
+use crate::obs::metrics::exposition::{Exposition, HopState};
 use crate::shutdown::Shutdown;
 
 /// How long `/readyz` waits for the next hop.
