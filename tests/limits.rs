@@ -15,7 +15,7 @@ use common::process::{tls_args, Bridge, ProcessChain};
 use common::*;
 use openshell_driver_bridge::connect::open::PREFACE as H2_PREFACE;
 use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
-use openshell_driver_bridge::obs::metrics::Exposition;
+use openshell_driver_bridge::obs::metrics::exposition::Exposition;
 use openshell_driver_bridge::role::admin::scrape;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};

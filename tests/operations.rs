@@ -11,7 +11,7 @@ use common::process::{field, Bridge, BIN};
 use common::*;
 use openshell_driver_bridge::demo::driver::DemoDriver;
 use openshell_driver_bridge::grpc::client::driver_client;
-use openshell_driver_bridge::obs::metrics::Exposition;
+use openshell_driver_bridge::obs::metrics::exposition::Exposition;
 use openshell_driver_bridge::proto::compute::*;
 use openshell_driver_bridge::role::admin::scrape;
 use openshell_driver_bridge::role::relay::{self, DriverTarget, RunningRelay};
