@@ -616,6 +616,31 @@ impl FrameDriver {
         driver
     }
 
+    /// The same over TLS on `addr` (loopback), as a shim's next hop: an
+    /// upstream that speaks gRPC over mTLS itself.
+    pub async fn serve_tls(
+        addr: std::net::SocketAddr,
+        config: rustls::ServerConfig,
+        options: DriverOptions,
+    ) -> FrameDriver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let driver = FrameDriver { record: Arc::default(), accepted: Arc::default() };
+        let this = driver.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                this.accepted.fetch_add(1, Ordering::SeqCst);
+                let (record, options, acceptor) = (this.record.clone(), options.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        let _ = connection(Box::new(tls), options, record).await;
+                    }
+                });
+            }
+        });
+        driver
+    }
+
     pub fn record<T>(&self, read: impl FnOnce(&Record) -> T) -> T {
         read(&self.record.lock().unwrap())
     }
