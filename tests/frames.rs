@@ -269,9 +269,18 @@ async fn data_on_stream_zero(role: Role) {
 }
 
 /// A window increment of 0 is a PROTOCOL_ERROR (§6.9); on the connection
-/// a connection error.
+/// a connection error. On a stream RFC 9113 makes it a stream error; h2's
+/// codec (0.4.20) ends the connection for it too: today's behaviour, named.
 async fn zero_window_increment(role: Role) {
     protocol_error(role, &raw_window_update(0, 0), Reason::PROTOCOL_ERROR, "").await;
+    let bed = Bed::start(DriverOptions::default()).await;
+    let mut client = bed.client(role).await;
+    let mut bytes = request_headers(1, METHOD, false);
+    bytes.extend(raw_window_update(1, 0));
+    client.send_raw(&bytes).await.unwrap();
+    let goaway = client.goaway(WAIT).await;
+    assert_eq!((goaway.reason(), goaway.last_stream_id()), (Reason::PROTOCOL_ERROR, StreamId::from(1)));
+    client.expect_closed(WAIT).await;
 }
 
 /// ENABLE_PUSH must be 0 or 1 (§6.5.2).
