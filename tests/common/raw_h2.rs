@@ -142,6 +142,7 @@ pub fn grpc(message: &[u8]) -> Bytes {
 
 /// What reading from the bridge gave.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a few at a time, matched on by tests
 pub enum Event {
     Frame(Frame),
     /// The bridge closed the connection (or reset it).
@@ -650,6 +651,7 @@ impl FrameDriver {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // at most 64 queued
 enum Out {
     Frame(Frame),
     Raw(Bytes),
