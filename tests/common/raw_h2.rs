@@ -184,6 +184,8 @@ pub struct RawClient {
     pub polite: bool,
     /// Everything the bridge sent, in order (as read so far).
     pub seen: Vec<Frame>,
+    /// The frames `seen` could not keep a copy of (PRIORITY, PUSH_PROMISE).
+    pub uncopied: Vec<String>,
     conn_window: i64,
     stream_windows: HashMap<u32, i64>,
     peer_initial: i64,
@@ -199,6 +201,7 @@ impl RawClient {
             inbox: VecDeque::new(),
             polite: true,
             seen: Vec::new(),
+            uncopied: Vec::new(),
             conn_window: 65_535,
             stream_windows: HashMap::new(),
             peer_initial: 65_535,
@@ -305,7 +308,10 @@ impl RawClient {
             }
         };
         if let Event::Frame(frame) = &event {
-            self.seen.push(clone_frame(frame));
+            match clone_frame(frame) {
+                Some(copy) => self.seen.push(copy),
+                None => self.uncopied.push(format!("{frame:?}")),
+            }
             match frame {
                 Frame::Ping(ping) if !ping.is_ack() && self.polite => {
                     let _ = self.send(Ping::pong(*ping.payload())).await;
@@ -498,9 +504,10 @@ impl RawClient {
     }
 }
 
-/// Frames are not `Clone`; a copy good enough for a record of them.
-pub fn clone_frame(frame: &Frame) -> Frame {
-    match frame {
+/// Frames are not `Clone`; a copy good enough for a record of them
+/// (`None` for PRIORITY and PUSH_PROMISE, which h2 cannot copy).
+pub fn clone_frame(frame: &Frame) -> Option<Frame> {
+    Some(match frame {
         Frame::Data(d) => {
             let mut copy = h2::frame::Data::new(d.stream_id(), d.payload().clone());
             copy.set_end_stream(d.is_end_stream());
@@ -524,9 +531,8 @@ pub fn clone_frame(frame: &Frame) -> Frame {
         Frame::GoAway(g) => GoAway::with_debug_data(g.last_stream_id(), g.reason(), g.debug_data().clone()).into(),
         Frame::Reset(r) => h2::frame::Reset::new(r.stream_id(), r.reason()).into(),
         Frame::WindowUpdate(w) => WindowUpdate::new(w.stream_id(), w.size_increment()).into(),
-        Frame::Priority(_) => WindowUpdate::new(StreamId::zero(), 1).into(), // stands in; never asserted on
-        Frame::PushPromise(p) => h2::frame::Reset::new(p.stream_id(), Reason::PROTOCOL_ERROR).into(),
-    }
+        Frame::Priority(_) | Frame::PushPromise(_) => return None,
+    })
 }
 
 // ---------------------------------------------------------------------------

@@ -75,6 +75,14 @@ static PANICKED: AtomicBool = AtomicBool::new(false);
 
 fn world() -> &'static World {
     WORLD.get_or_init(|| {
+        // libFuzzer's C++ `main` does not ignore SIGPIPE as a Rust `main`
+        // (the bridge's own) does: a write to a socket the other side
+        // closed would kill the process instead of failing.
+        // SAFETY: setting a signal's disposition to SIG_IGN, once, before
+        // any thread of ours starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             PANICKED.store(true, Ordering::SeqCst);
