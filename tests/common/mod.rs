@@ -7,6 +7,7 @@
 
 pub mod fault;
 pub mod process;
+pub mod raw_h2;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,32 @@
+//! Fuzz inputs as ordinary tests: every file under
+//! `fuzz/regressions/frame_relay/` (inputs that once broke a property) and
+//! `fuzz/seeds/frame_relay/` (hand-made starting points) goes through the
+//! same function the `frame_relay` fuzz target calls, so they run under
+//! `cargo test` without cargo-fuzz or a nightly flag.
+
+#[path = "../fuzz/fuzz_targets/common/frame_relay.rs"]
+mod frame_relay;
+
+use std::path::Path;
+
+/// The files of `fuzz/DIR/frame_relay/`, sorted (none if it is absent).
+fn inputs(dir: &str) -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(dir).join("frame_relay");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn frame_relay_regressions_and_seeds() {
+    let files: Vec<_> = inputs("regressions").into_iter().chain(inputs("seeds")).collect();
+    assert!(!files.is_empty(), "no inputs under fuzz/regressions/frame_relay or fuzz/seeds/frame_relay");
+    for file in files {
+        let data = std::fs::read(&file).unwrap();
+        eprintln!("{}: {} bytes", file.display(), data.len());
+        frame_relay::run(&data);
+    }
+}
