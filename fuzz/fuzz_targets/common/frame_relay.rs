@@ -32,7 +32,7 @@ use openshell_driver_bridge::role::relay::{self, DriverTarget, RelayConfig};
 use openshell_driver_bridge::role::RoleSettings;
 use openshell_driver_bridge::shutdown::Shutdown;
 use openshell_driver_bridge::tls::config::{client_config, TlsFiles};
-use rustls::pki_types::ServerName;
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
