@@ -127,7 +127,10 @@ where
     /// their window given back.
     pub(super) fn remove_call(&mut self, id: StreamId) -> Option<Call> {
         let mut call = self.calls.remove(&id)?;
+        // A call the next hop answered has surely left; only one it has not
+        // may still be in the queues (the common end of a call skips this).
         if call.waiting.is_none()
+            && !call.answered
             && (self.held_up.holds_request(id) || self.to_upstream.iter_mut().any(|f| is_request(f, id)))
         {
             call.withdrawn = true;
