@@ -1085,3 +1085,33 @@ async fn a_chain_with_four_worker_threads_serves_concurrent_calls() {
     let listed = gateway.list_sandboxes(ListSandboxesRequest {}).await.unwrap().into_inner();
     assert_eq!(listed.sandboxes.len(), 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_that_ends_every_fresh_connection_is_not_redialled_in_a_loop() {
+    // A driver that answers HTTP/2 and then hangs up before any call is
+    // answered (crashing on each connection, or refusing the relay) must
+    // earn strikes: a pause that doubles, not a redial per microsecond.
+    let dir = tempfile::tempdir().unwrap();
+    let chain = Chain::start_with(dir, |relay| relay.settings.dial.connect_wait = Duration::from_secs(4), |_| {}).await;
+    std::fs::create_dir_all(chain.driver_socket.parent().unwrap()).unwrap();
+    let listener = tokio::net::UnixListener::bind(&chain.driver_socket).unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // An empty SETTINGS frame, then gone.
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+        }
+    });
+    // The gateway's connection alone makes the relay dial the driver (its
+    // next hop); every connection the driver takes it then ends unanswered.
+    let _gateway = driver_client(&chain.shim_socket).await.unwrap();
+    wait_for("the relay to dial the driver", || accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2).await;
+    let first = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let attempts = accepted.load(std::sync::atomic::Ordering::SeqCst) - first;
+    // Pauses of 0.4, 0.8, 1.6, 3.2 s (each jittered to its upper half): a
+    // handful of connections in 4 s (27 without the strikes, as measured).
+    assert!(attempts <= 8, "{attempts} driver connections in 4 s");
+}
