@@ -107,6 +107,9 @@ pub struct TlsArgs {
     /// How often to check the certificate, key and CA files for a change (SIGHUP reloads at once).
     #[arg(long, env = "OPENSHELL_BRIDGE_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub reload_interval: Duration,
+    /// Certificate revocation list (PEM or DER) of a CA or intermediate: a peer certificate it lists is refused, and open connections made with one are closed; repeatable.
+    #[arg(long = "crl", env = "OPENSHELL_BRIDGE_CRL", value_name = "FILE", value_delimiter = ',')]
+    pub crls: Vec<PathBuf>,
 }
 
 impl TlsArgs {
@@ -118,6 +121,7 @@ impl TlsArgs {
             allow_loose_key_permissions: self.allow_loose_key_permissions,
             tls12: self.tls12,
             reload_interval: self.reload_interval.max(Duration::from_millis(100)),
+            crls: self.crls.clone(),
         }
     }
 }
@@ -395,7 +399,7 @@ pub struct DemoDriverArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum CertsCommand {
-    /// Write a development CA plus one server and one client certificate.
+    /// Write a development CA plus one server and one client certificate (--intermediate: a root, an intermediate, and leaves from it).
     Init(CertsInitArgs),
 }
 
@@ -413,6 +417,9 @@ pub struct CertsInitArgs {
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
+    /// Issue the leaves from an intermediate CA: ca.pem is the root only, server.pem and client.pem hold leaf then intermediate.
+    #[arg(long)]
+    pub intermediate: bool,
 }
 
 #[derive(Args, Debug, Clone)]

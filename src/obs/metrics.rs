@@ -162,6 +162,10 @@ pub struct Metrics {
     refused: Mutex<BTreeMap<Refusal, u64>>,
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     certificates: Mutex<BTreeMap<String, i64>>,
+    /// nextUpdate of each CRL file in use.
+    crls: Mutex<BTreeMap<String, i64>>,
+    /// Access policy reloads by result (`ok`, `refused`).
+    policy_reloads: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -175,6 +179,8 @@ impl Metrics {
             refused: Mutex::default(),
             handshake_failures: Mutex::default(),
             certificates: Mutex::default(),
+            crls: Mutex::default(),
+            policy_reloads: Mutex::default(),
         }
     }
 
@@ -182,6 +188,19 @@ impl Metrics {
     pub fn expiry_sink(self: &Arc<Self>) -> impl Fn(&str, i64) + Send + Sync + 'static {
         let metrics = self.clone();
         move |file: &str, not_after: i64| metrics.certificate(file, not_after)
+    }
+
+    /// Where the TLS reloader tells the nextUpdate of the CRLs in use.
+    pub fn crl_sink(self: &Arc<Self>) -> impl Fn(&str, i64) + Send + Sync + 'static {
+        let metrics = self.clone();
+        move |file: &str, next_update: i64| {
+            lock(&metrics.crls).insert(file.to_owned(), next_update);
+        }
+    }
+
+    /// An access policy reload, `ok` or `refused`.
+    pub fn policy_reloaded(&self, result: &'static str) {
+        *lock(&self.policy_reloads).entry(result).or_insert(0) += 1;
     }
 
     /// A client connection is served, for as long as the returned guard lives.
@@ -385,6 +404,32 @@ impl Collector for Scrape {
         )?;
         for (file, not_after) in lock(&metrics.certificates).iter() {
             family.encode_family(&[("role", role), ("file", file.as_str())])?.encode_gauge(not_after)?;
+        }
+        let crls = lock(&metrics.crls).clone();
+        if !crls.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "openshell_bridge_crl_next_update_timestamp_seconds",
+                "When each certificate revocation list in use should be superseded (its nextUpdate, Unix time).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (file, next_update) in crls.iter() {
+                family.encode_family(&[("role", role), ("file", file.as_str())])?.encode_gauge(next_update)?;
+            }
+        }
+        let reloads = lock(&metrics.policy_reloads).clone();
+        if !reloads.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "openshell_bridge_policy_reloads",
+                "Access policy reloads (SIGHUP or a change of --config) by result.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, count) in reloads.iter() {
+                family
+                    .encode_family(&[("role", role), ("result", *result)])?
+                    .encode_counter::<NoLabelSet, _, u64>(count, None)?;
+            }
         }
         Ok(())
     }

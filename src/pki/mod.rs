@@ -12,6 +12,11 @@
 //! Not a production CA: there is no revocation, no serial tracking, and the
 //! CA key sits next to the certificates it signed.
 
+mod crl;
+pub mod intermediate;
+
+pub use crl::serial_of;
+
 use std::fmt;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};

@@ -19,6 +19,7 @@ use crate::role::RoleSettings;
 use crate::shutdown::Shutdown;
 use crate::tls::config::{client_config, describe_certificate, TlsFiles};
 use crate::tls::identity::IdentityPattern;
+use crate::tls::reload::ReloadHooks;
 
 /// An upstream as given by `--upstream https://HOST:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,7 +115,7 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
         &config.tls,
         tls.clone(),
         move |files| client_config(files, &expect),
-        Arc::new(forwarder.metrics().expiry_sink()),
+        ReloadHooks::new(Arc::new(forwarder.metrics().expiry_sink()), Arc::new(forwarder.metrics().crl_sink())),
         shutdown.clone(),
     );
     let socket = PrivateSocket::bind(&config.socket, &config.allow_uids)?;

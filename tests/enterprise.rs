@@ -1,0 +1,315 @@
+//! Enterprise networks: certificate revocation lists (refused at the
+//! handshake, reloaded live, cutting the open connections of a revoked
+//! certificate), the access policy re-read without a restart, and
+//! certificates issued by an intermediate CA. Real sockets, real TLS, the
+//! real roles; certificates and CRLs are made here with rcgen.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use openshell_driver_bridge::admit::policy::{Access, Rule};
+use openshell_driver_bridge::grpc::client::driver_client;
+use openshell_driver_bridge::pki::{self, Ca, LeafSpec};
+use openshell_driver_bridge::proto::compute::watch_sandboxes_event::Payload;
+use openshell_driver_bridge::proto::compute::*;
+use openshell_driver_bridge::role::relay::{self, DriverTarget, RunningRelay};
+use openshell_driver_bridge::role::shim::{self, RunningShim};
+use openshell_driver_bridge::shutdown::Shutdown;
+use openshell_driver_bridge::tls::config::TlsFiles;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+fn leaf_der(cert_file: &Path) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(cert_file).unwrap()
+}
+
+fn in_a_day() -> OffsetDateTime {
+    OffsetDateTime::now_utc() + time::Duration::days(1)
+}
+
+/// Writes a CRL of `ca` listing `revoked` (certificate files) to `path`.
+fn write_crl(ca: &Ca, path: &Path, revoked: &[&Path], number: u64, next_update: OffsetDateTime) {
+    let ders: Vec<CertificateDer<'static>> = revoked.iter().map(|f| leaf_der(f)).collect();
+    let refs: Vec<&CertificateDer<'_>> = ders.iter().collect();
+    pki::write_pem(path, &ca.crl(&refs, number, next_update).unwrap(), false).unwrap();
+}
+
+/// A relay in front of a demo driver, admitting `dns:gw-a` and `dns:gw-b`
+/// (and whatever `tweak` adds).
+struct Site {
+    dir: tempfile::TempDir,
+    pki: TestPki,
+    shutdown: Shutdown,
+    relay: RunningRelay,
+    crl: PathBuf,
+}
+
+impl Site {
+    async fn start(tweak: impl FnOnce(&mut relay::RelayConfig, &TestPki, &Path)) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::new(&dir.path().join("pki"));
+        let crl = dir.path().join("pki/ca.crl");
+        write_crl(&pki.ca, &crl, &[], 1, in_a_day());
+        let driver_socket = dir.path().join("driver/driver.sock");
+        let shutdown = Shutdown::new();
+        let driver = openshell_driver_bridge::demo::driver::DemoDriver::with_options(
+            openshell_driver_bridge::demo::driver::DemoOptions {
+                provision_delay: Duration::from_millis(20),
+                ..Default::default()
+            },
+        );
+        openshell_driver_bridge::demo::serve(&driver_socket, driver, shutdown.clone()).unwrap();
+        let mut config = relay_config(&pki, DriverTarget::Unix(driver_socket));
+        config.rules = ["gw-a", "gw-b"]
+            .iter()
+            .map(|n| Rule { pattern: format!("dns:{n}").parse().unwrap(), access: Access::Full })
+            .collect();
+        config.tls.crls = vec![crl.clone()];
+        tweak(&mut config, &pki, dir.path());
+        let relay = relay::start(config, shutdown.clone()).await.unwrap();
+        Site { dir, pki, shutdown, relay, crl }
+    }
+
+    /// A client certificate for `dns:NAME` from the site's CA.
+    fn client(&self, name: &str) -> TlsFiles {
+        let files = self.pki.issue(name, &LeafSpec::client(name));
+        common::files(&self.pki.ca_file, &files)
+    }
+
+    /// A shim in front of the relay presenting `tls`.
+    fn shim(&self, name: &str, tls: TlsFiles) -> RunningShim {
+        let socket = self.dir.path().join(format!("{name}/shim.sock"));
+        let mut config = shim_config(&self.pki, &socket, self.relay.local_addr);
+        config.tls = tls;
+        shim::start(config, self.shutdown.clone()).unwrap()
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.shutdown.stop_now();
+    }
+}
+
+/// A TLS 1.3 client learns the server's verdict on its certificate on its
+/// first read: "ok" when the relay answers HTTP/2, else the error.
+async fn handshake_verdict(addr: std::net::SocketAddr, tls: &TlsFiles) -> String {
+    let config = openshell_driver_bridge::tls::config::client_config(tls, &[]).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = match connector.connect(name, tcp).await {
+        Ok(stream) => stream,
+        Err(e) => return openshell_driver_bridge::describe::describe_tls_io_error(&e),
+    };
+    let _ = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await;
+    let mut buf = [0u8; 9];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf)).await {
+        Ok(Ok(_)) => "ok".into(),
+        Ok(Err(e)) => openshell_driver_bridge::describe::describe_tls_io_error(&e),
+        Err(_) => "timeout".into(),
+    }
+}
+
+async fn open_watch(socket: &Path) -> tonic::Streaming<WatchSandboxesEvent> {
+    let mut client = driver_client(socket).await.unwrap();
+    client.watch_sandboxes(WatchSandboxesRequest {}).await.unwrap().into_inner()
+}
+
+/// The watch sees sandbox `id`, created through `socket`.
+async fn sees_created(socket: &Path, watch: &mut tonic::Streaming<WatchSandboxesEvent>, id: &str) {
+    let mut client = driver_client(socket).await.unwrap();
+    client.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox(id)) }).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let event = watch.message().await.unwrap().unwrap();
+            if let Some(Payload::Sandbox(s)) = event.payload {
+                if s.sandbox.map(|s| s.id).as_deref() == Some(id) {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the watch did not see {id}");
+}
+
+/// How the watch ends: its status, within `limit`.
+async fn watch_end(watch: &mut tonic::Streaming<WatchSandboxesEvent>, limit: Duration) -> tonic::Status {
+    tokio::time::timeout(limit, async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return tonic::Status::ok("ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the watch did not end in time")
+}
+
+// ---------------------------------------------------------------------------
+// Revocation
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused_at_the_handshake() {
+    let site = Site::start(|_, _, _| {}).await;
+    let good = site.client("gw-a");
+    let revoked = site.client("gw-b");
+    write_crl(&site.pki.ca, &site.crl, &[&revoked.cert], 2, in_a_day());
+    // Wait for the reload (200 ms interval), then try both.
+    wait_for_verdict(site.relay.local_addr, &revoked, "revoked").await;
+    assert_eq!(handshake_verdict(site.relay.local_addr, &good).await, "ok");
+}
+
+/// Until the verdict for `tls` contains `part` (5 s at most).
+async fn wait_for_verdict(addr: std::net::SocketAddr, tls: &TlsFiles, part: &str) {
+    let mut last = String::new();
+    for _ in 0..50 {
+        last = handshake_verdict(addr, tls).await;
+        if last.contains(part) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the relay's verdict never became {part:?}; last: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused_from_the_start() {
+    let site = Site::start(|config, pki, dir| {
+        let revoked = pki.issue("gw-b", &LeafSpec::client("gw-b"));
+        let crl = dir.join("pki/start.crl");
+        write_crl(&pki.ca, &crl, &[&revoked.0], 1, in_a_day());
+        config.tls.crls = vec![crl];
+    })
+    .await;
+    let revoked = common::files(&site.pki.ca_file, &(site.pki.dir.join("gw-b.pem"), site.pki.dir.join("gw-b-key.pem")));
+    let verdict = handshake_verdict(site.relay.local_addr, &revoked).await;
+    assert!(verdict.contains("revoked"), "{verdict}");
+    assert_eq!(handshake_verdict(site.relay.local_addr, &site.client("gw-a")).await, "ok");
+    assert!(site.relay.forwarder.metrics().handshake_failures() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shim_refuses_a_revoked_relay_certificate() {
+    let site = Site::start(|_, _, _| {}).await;
+    let crl = site.dir.path().join("pki/relay-revoked.crl");
+    write_crl(&site.pki.ca, &crl, &[&site.pki.server.0], 1, in_a_day());
+    let mut tls = site.client("gw-a");
+    tls.crls = vec![crl];
+    let shim = site.shim("gw-a", tls);
+    let mut client = driver_client(&shim.socket).await.unwrap();
+    let status = client.get_capabilities(GetCapabilitiesRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("revoked"), "{}", status.message());
+
+    // The same shim without the CRL gets through: the CRL made the difference.
+    let shim = site.shim("gw-a2", site.client("gw-a"));
+    let mut client = driver_client(&shim.socket).await.unwrap();
+    client.get_capabilities(GetCapabilitiesRequest {}).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_of_an_issuer_that_is_not_loaded_does_not_apply() {
+    let site = Site::start(|_, _, _| {}).await;
+    let client = site.client("gw-a");
+    // Another CA "revokes" a certificate with the client's very serial.
+    let other = Ca::new("another CA").unwrap();
+    let der = leaf_der(&client.cert);
+    let pem = other.crl(&[&der], 1, in_a_day()).unwrap();
+    pki::write_pem(&site.crl, &pem, false).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(handshake_verdict(site.relay.local_addr, &client).await, "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_a_crl_is_refused_at_start_naming_flag_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let bad = dir.path().join("pki/garbage.crl");
+    std::fs::write(&bad, "not a revocation list\n").unwrap();
+    let mut config = relay_config(&pki, DriverTarget::Unix(dir.path().join("driver.sock")));
+    config.tls.crls = vec![bad.clone()];
+    let error =
+        relay::start(config, Shutdown::new()).await.err().expect("a relay with a garbage CRL started").to_string();
+    assert!(error.starts_with(&format!("--crl {}", bad.display())), "{error}");
+    assert!(error.contains("does not parse as a certificate revocation list"), "{error}");
+
+    // A certificate passed where the CRL belongs is named as such.
+    let mut config = shim_config(&pki, &dir.path().join("shim/s.sock"), "127.0.0.1:1".parse().unwrap());
+    config.tls.crls = vec![pki.ca_file.clone()];
+    let error =
+        shim::start(config, Shutdown::new()).err().expect("a shim with a certificate as CRL started").to_string();
+    assert!(error.contains("--crl") && error.contains("holds no CRL"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_revokes_an_open_clients_certificate_closes_its_connection_only() {
+    let site = Site::start(|_, _, _| {}).await;
+    let a = site.client("gw-a");
+    let b = site.client("gw-b");
+    let shim_a = site.shim("gw-a", a.clone());
+    let shim_b = site.shim("gw-b", b);
+    let mut watch_a = open_watch(&shim_a.socket).await;
+    let mut watch_b = open_watch(&shim_b.socket).await;
+    sees_created(&shim_a.socket, &mut watch_a, "before-a").await;
+    sees_created(&shim_b.socket, &mut watch_b, "before-b").await;
+
+    // The drill: a CRL listing gw-a's certificate dropped in place.
+    let written = Instant::now();
+    write_crl(&site.pki.ca, &site.crl, &[&a.cert], 2, in_a_day());
+    let status = watch_end(&mut watch_a, Duration::from_secs(10)).await;
+    let took = written.elapsed();
+    eprintln!("revocation drill: CRL written -> gw-a's watch ended in {} ms", took.as_millis());
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("client certificate revoked"), "{}", status.message());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+
+    // gw-b is undisturbed; gw-a cannot come back.
+    sees_created(&shim_b.socket, &mut watch_b, "after-b").await;
+    let verdict = handshake_verdict(site.relay.local_addr, &a).await;
+    assert!(verdict.contains("revoked"), "{verdict}");
+    let mut client_a = driver_client(&shim_a.socket).await.unwrap();
+    let status = client_a.get_capabilities(GetCapabilitiesRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(site.relay.forwarder.sessions().len() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_or_stale_new_crl_is_refused_and_the_previous_kept() {
+    let site = Site::start(|_, _, _| {}).await;
+    let a = site.client("gw-a");
+    let b = site.client("gw-b");
+    write_crl(&site.pki.ca, &site.crl, &[&b.cert], 5, in_a_day());
+    wait_for_verdict(site.relay.local_addr, &b, "revoked").await;
+
+    // Garbage in place of the CRL: refused, gw-b stays revoked.
+    pki::write_pem(&site.crl, "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n", false).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(handshake_verdict(site.relay.local_addr, &b).await.contains("revoked"));
+    assert_eq!(handshake_verdict(site.relay.local_addr, &a).await, "ok");
+
+    // A stale CRL (its nextUpdate passed) that lists nobody: refused too.
+    let past = OffsetDateTime::now_utc() - time::Duration::seconds(10);
+    write_crl(&site.pki.ca, &site.crl, &[], 6, past);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(handshake_verdict(site.relay.local_addr, &b).await.contains("revoked"));
+
+    // An older CRL (a lower number) that lists nobody: refused too.
+    write_crl(&site.pki.ca, &site.crl, &[], 4, in_a_day());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(handshake_verdict(site.relay.local_addr, &b).await.contains("revoked"));
+
+    // A newer, fresh one is taken.
+    write_crl(&site.pki.ca, &site.crl, &[], 7, in_a_day());
+    wait_for_verdict(site.relay.local_addr, &b, "ok").await;
+}
