@@ -30,7 +30,11 @@ pub async fn run(parsed: Parsed) -> anyhow::Result<ExitCode> {
             serve_until_signal(shutdown, drain, shim.task).await
         }
         Command::Relay(args) => {
-            let config = args.to_config().map_err(anyhow::Error::msg)?;
+            let mut config = args.to_config().map_err(anyhow::Error::msg)?;
+            if let Some(file) = args.file.config.clone() {
+                // The policy is re-read from this very command line and file.
+                config.policy_source = Some(crate::cli::policy::source(std::env::args_os().collect(), file));
+            }
             let drain = config.settings.drain_timeout;
             let shutdown = Shutdown::new();
             let relay = crate::role::relay::start(config, shutdown.clone()).await?;

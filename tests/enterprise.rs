@@ -313,3 +313,141 @@ async fn a_bad_or_stale_new_crl_is_refused_and_the_previous_kept() {
     write_crl(&site.pki.ca, &site.crl, &[], 7, in_a_day());
     wait_for_verdict(site.relay.local_addr, &b, "ok").await;
 }
+
+// ---------------------------------------------------------------------------
+// The access policy, reloaded
+
+/// A relay started from a `--config` file, as an operator runs it, whose
+/// policy lines are `policy`; the file and the command line.
+struct PolicySite {
+    site: Site,
+    file: PathBuf,
+    argv: Vec<std::ffi::OsString>,
+}
+
+fn relay_toml(dir: &Path, pki: &TestPki, policy: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\ndriver-socket = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nreload-interval = \"200ms\"\n{policy}\n",
+        dir.join("driver/driver.sock").display(),
+        pki.ca_file.display(),
+        pki.server.0.display(),
+        pki.server.1.display(),
+    )
+}
+
+impl PolicySite {
+    async fn start(policy: &str) -> PolicySite {
+        let mut file = PathBuf::new();
+        let mut argv = Vec::new();
+        let site = Site::start(|config, pki, dir| {
+            file = dir.join("relay.toml");
+            std::fs::write(&file, relay_toml(dir, pki, policy)).unwrap();
+            argv = ["openshell-driver-bridge", "relay", "--config"].iter().map(Into::into).collect();
+            argv.push(file.clone().into());
+            let parsed = openshell_driver_bridge::cli::args::parse_from(argv.clone()).ok().unwrap();
+            let openshell_driver_bridge::cli::args::Command::Relay(args) = parsed.cli.command else {
+                panic!("not a relay command line")
+            };
+            let from_file = args.to_config().unwrap();
+            config.rules = from_file.rules;
+            config.any_client = from_file.any_client;
+            config.policy_source = Some(openshell_driver_bridge::cli::policy::source(argv.clone(), file.clone()));
+        })
+        .await;
+        PolicySite { site, file, argv }
+    }
+
+    fn rewrite(&self, policy: &str) {
+        let text = relay_toml(self.site.dir.path(), &self.site.pki, policy);
+        let temp = self.file.with_extension("tmp");
+        std::fs::write(&temp, text).unwrap();
+        std::fs::rename(&temp, &self.file).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reload_closes_removed_identities_restricts_moved_ones_and_leaves_others() {
+    let ps = PolicySite::start("allow-client = [\"dns:gw-a\", \"dns:gw-b\", \"dns:gw-c\"]").await;
+    let site = &ps.site;
+    let shims: Vec<RunningShim> = ["gw-a", "gw-b", "gw-c"].iter().map(|n| site.shim(n, site.client(n))).collect();
+    let mut watches = Vec::new();
+    for shim in &shims {
+        watches.push(open_watch(&shim.socket).await);
+    }
+    sees_created(&shims[0].socket, &mut watches[0], "before").await;
+
+    ps.rewrite("allow-client = [\"dns:gw-a\"]\nallow-client-read-only = [\"dns:gw-b\"]");
+    let status = watch_end(&mut watches[2], Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("dns:gw-c") && status.message().contains("no longer allowed"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(site.relay.forwarder.metrics().policy_reloads("ok"), 1);
+
+    // gw-b, now read-only, keeps its watch (it sees gw-a's sandbox) but may not create.
+    let (a, b) = watches.split_at_mut(1);
+    sees_created(&shims[0].socket, &mut a[0], "after").await;
+    let mut seen = false;
+    for _ in 0..50 {
+        let event = tokio::time::timeout(Duration::from_secs(5), b[0].message()).await.unwrap().unwrap().unwrap();
+        if let Some(Payload::Sandbox(s)) = event.payload {
+            if s.sandbox.map(|s| s.id).as_deref() == Some("after") {
+                seen = true;
+                break;
+            }
+        }
+    }
+    assert!(seen, "gw-b's watch did not continue");
+    let mut client_b = driver_client(&shims[1].socket).await.unwrap();
+    let refused = client_b.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("by-b")) }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("read-only"), "{}", refused.message());
+    client_b.list_sandboxes(ListSandboxesRequest::default()).await.unwrap();
+
+    // gw-c comes back: every call is refused naming it.
+    let mut client_c = driver_client(&shims[2].socket).await.unwrap();
+    let refused = client_c.list_sandboxes(ListSandboxesRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("dns:gw-c"), "{}", refused.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_new_policy_file_is_refused_naming_file_line_and_key_and_the_running_policy_kept() {
+    let ps = PolicySite::start("allow-client = [\"dns:gw-a\"]\nallow-client-read-only = [\"dns:gw-b\"]").await;
+    let site = &ps.site;
+    let shim_a = site.shim("gw-a", site.client("gw-a"));
+    let mut watch_a = open_watch(&shim_a.socket).await;
+
+    // A pattern that is no identity, on line 8 of the file.
+    ps.rewrite("allow-client = [\"dns:gw-b\"]\nallow-client-read-only = [\"gw-a\"]");
+    let source = openshell_driver_bridge::cli::policy::source(ps.argv.clone(), ps.file.clone());
+    let error = (source.load)().err().expect("the invalid file was accepted");
+    let at = format!("{}:8: key `allow-client-read-only`", ps.file.display());
+    assert!(error.contains(&at), "{error}");
+    assert!(wait_until(|| site.relay.forwarder.metrics().policy_reloads("refused") >= 1).await);
+
+    // Still in force: gw-a full (its watch open, it may create), gw-b read-only.
+    sees_created(&shim_a.socket, &mut watch_a, "still-a").await;
+    let shim_b = site.shim("gw-b", site.client("gw-b"));
+    let mut client_b = driver_client(&shim_b.socket).await.unwrap();
+    let refused = client_b.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("by-b")) }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(site.relay.forwarder.metrics().policy_reloads("ok"), 0);
+
+    // An unknown key is refused the same way.
+    ps.rewrite("allow-clients = [\"dns:gw-b\"]");
+    let error = (source.load)().err().expect("the invalid file was accepted");
+    assert!(error.contains(&format!("{}:7: key `allow-clients`", ps.file.display())), "{error}");
+}
+
+async fn wait_until(mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..50 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -302,14 +302,21 @@ pub struct RelayArgs {
     #[arg(long, env = "OPENSHELL_BRIDGE_UNSAFE_DRIVER_TARGET")]
     pub unsafe_driver_target: bool,
     /// Admit clients with this identity: dns:NAME, uri:URI (uri:PREFIX/* for a prefix), cn:NAME; repeatable.
-    #[arg(long = "allow-client", env = "OPENSHELL_BRIDGE_ALLOW_CLIENT", value_name = "ID", value_delimiter = ',')]
+    #[arg(
+        long = "allow-client",
+        env = "OPENSHELL_BRIDGE_ALLOW_CLIENT",
+        value_name = "ID",
+        value_delimiter = ',',
+        value_parser = identity_pattern
+    )]
     pub allow_clients: Vec<String>,
     /// Admit these identities for read-only methods only (Get*, List, Watch, Validate); repeatable.
     #[arg(
         long = "allow-client-read-only",
         env = "OPENSHELL_BRIDGE_ALLOW_CLIENT_READ_ONLY",
         value_name = "ID",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = identity_pattern
     )]
     pub allow_clients_read_only: Vec<String>,
     /// Admit any client certificate issued by --ca (must be asked for explicitly).
@@ -372,8 +379,15 @@ impl RelayArgs {
             rules,
             any_client: self.allow_any_client.then_some(Access::Full),
             settings,
+            policy_source: None,
         })
     }
+}
+
+/// An identity pattern, checked where it is given (a flag, or a key of
+/// the file named with its line), kept as written.
+fn identity_pattern(text: &str) -> Result<String, String> {
+    text.parse::<IdentityPattern>().map(|_| text.to_owned()).map_err(|e| e.to_string())
 }
 
 fn resolve_listen(text: &str) -> Result<SocketAddr, String> {

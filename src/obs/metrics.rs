@@ -203,6 +203,11 @@ impl Metrics {
         *lock(&self.policy_reloads).entry(result).or_insert(0) += 1;
     }
 
+    /// Access policy reloads counted so far with `result`.
+    pub fn policy_reloads(&self, result: &str) -> u64 {
+        lock(&self.policy_reloads).get(result).copied().unwrap_or(0)
+    }
+
     /// A client connection is served, for as long as the returned guard lives.
     pub fn serving(self: &Arc<Self>) -> Serving {
         self.connections.fetch_add(1, Ordering::Relaxed);

@@ -14,6 +14,7 @@ use crate::admit::policy::{Access, Policy, Rule};
 use crate::admit::Forwarder;
 use crate::connect::dialer::{Dialer, Target};
 use crate::connect::Connector;
+use crate::role::policy_reload::PolicySource;
 use crate::role::RoleSettings;
 use crate::shutdown::Shutdown;
 use crate::tls::config::{client_verifier, describe_certificate, server_config, TlsFiles};
@@ -69,6 +70,9 @@ pub struct RelayConfig {
     pub rules: Vec<Rule>,
     pub any_client: Option<Access>,
     pub settings: RoleSettings,
+    /// With `--config FILE`: where the access policy is re-read on SIGHUP
+    /// or a change of the file.
+    pub policy_source: Option<PolicySource>,
 }
 
 impl RelayConfig {
@@ -133,6 +137,14 @@ pub async fn start(mut config: RelayConfig, shutdown: Shutdown) -> anyhow::Resul
         hooks,
         shutdown.clone(),
     );
+    if let Some(source) = config.policy_source.clone() {
+        crate::role::policy_reload::keep_current(
+            source,
+            forwarder.clone(),
+            config.tls.reload_interval,
+            shutdown.clone(),
+        );
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: cannot bind: {e}", config.listen))?;

@@ -22,9 +22,9 @@ use crate::tls::material::CertInfo;
 
 /// What identifies a file's version without reading it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Stamp(Vec<Option<(SystemTime, u64, u64)>>);
+pub(crate) struct Stamp(Vec<Option<(SystemTime, u64, u64)>>);
 
-fn stamp(files: &[PathBuf]) -> Stamp {
+pub(crate) fn stamp(files: &[PathBuf]) -> Stamp {
     use std::os::unix::fs::MetadataExt;
     Stamp(
         files

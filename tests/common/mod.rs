@@ -128,6 +128,7 @@ pub fn relay_config(pki: &TestPki, driver: DriverTarget) -> RelayConfig {
         rules: vec![Rule { pattern: format!("dns:{GATEWAY_ID}").parse().unwrap(), access: Access::Full }],
         any_client: None,
         settings: quick_settings(),
+        policy_source: None,
     }
 }
 
