@@ -451,3 +451,174 @@ async fn wait_until(mut check: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+// ---------------------------------------------------------------------------
+// Intermediate CAs
+
+/// A root (the only certificate of `--ca`), an intermediate, and leaves
+/// issued by it, written with the intermediate after the leaf.
+struct IntermediatePki {
+    intermediate: Ca,
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+}
+
+fn intermediate_pki(dir: &Path) -> IntermediatePki {
+    std::fs::create_dir_all(dir).unwrap();
+    let root = Ca::root("enterprise root").unwrap();
+    let intermediate = root.intermediate("enterprise issuing CA").unwrap();
+    let ca = dir.join("root.pem");
+    pki::write_pem(&ca, &root.cert_pem(), false).unwrap();
+    let write = |name: &str, spec: &LeafSpec| {
+        let mut leaf = intermediate.issue(spec).unwrap();
+        leaf.cert_pem.push_str(&intermediate.cert_pem());
+        write_leaf(dir, name, &leaf)
+    };
+    let server = write("server", &LeafSpec::server(&["localhost", "127.0.0.1"]));
+    let client = write("client", &LeafSpec::client(GATEWAY_ID));
+    IntermediatePki { intermediate, ca, server, client }
+}
+
+/// Driver, relay and shim over `pki`; the relay also loads `crls`.
+async fn intermediate_chain(
+    dir: &Path,
+    pki: &IntermediatePki,
+    crls: Vec<PathBuf>,
+) -> (RunningRelay, RunningShim, Shutdown) {
+    let shutdown = Shutdown::new();
+    let driver_socket = dir.join("driver/driver.sock");
+    openshell_driver_bridge::demo::serve(
+        &driver_socket,
+        openshell_driver_bridge::demo::driver::DemoDriver::with_options(Default::default()),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let unused = TestPki::new(&dir.join("unused"));
+    let mut relay_cfg = relay_config(&unused, DriverTarget::Unix(driver_socket));
+    relay_cfg.tls = common::files(&pki.ca, &pki.server);
+    relay_cfg.tls.crls = crls;
+    let relay = relay::start(relay_cfg, shutdown.clone()).await.unwrap();
+    let mut shim_cfg = shim_config(&unused, &dir.join("shim/s.sock"), relay.local_addr);
+    shim_cfg.tls = common::files(&pki.ca, &pki.client);
+    let shim = shim::start(shim_cfg, shutdown.clone()).unwrap();
+    (relay, shim, shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_with_an_intermediate_work_both_ways_with_only_the_root_in_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = intermediate_pki(&dir.path().join("pki"));
+    // The relay watches a CRL of the intermediate, listing nobody yet.
+    let crl = dir.path().join("pki/issuing.crl");
+    pki::write_pem(&crl, &pki.intermediate.crl(&[], 1, in_a_day()).unwrap(), false).unwrap();
+    let (relay, shim, shutdown) = intermediate_chain(dir.path(), &pki, vec![crl.clone()]).await;
+    let mut client = driver_client(&shim.socket).await.unwrap();
+    let caps = client.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(caps.driver_name, "demo");
+
+    // The CRL of the intermediate (known only from the client's chain) applies.
+    let tls = common::files(&pki.ca, &pki.client);
+    assert_eq!(handshake_verdict(relay.local_addr, &tls).await, "ok");
+    let leaf = leaf_der(&pki.client.0);
+    pki::write_pem(&crl, &pki.intermediate.crl(&[&leaf], 2, in_a_day()).unwrap(), false).unwrap();
+    wait_for_verdict(relay.local_addr, &tls, "revoked").await;
+    shutdown.stop_now();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_init_intermediate_writes_a_chain_that_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pki");
+    let mut init = common::process::Bridge::spawn(
+        "certs",
+        &["certs".into(), "init".into(), "--intermediate".into(), "--out".into(), out.display().to_string()],
+        &[],
+    );
+    assert_eq!(init.wait_exit(Duration::from_secs(30)).await, Some(0), "{}", init.output());
+    for name in ["ca.pem", "intermediate.pem", "server.pem", "client.pem", "server-key.pem", "client-key.pem"] {
+        assert!(out.join(name).exists(), "{name} missing");
+    }
+    assert_eq!(std::fs::read_to_string(out.join("server.pem")).unwrap().matches("BEGIN CERTIFICATE").count(), 2);
+    let shutdown = Shutdown::new();
+    let unused = TestPki::new(&dir.path().join("unused"));
+    let driver_socket = dir.path().join("driver/driver.sock");
+    openshell_driver_bridge::demo::serve(
+        &driver_socket,
+        openshell_driver_bridge::demo::driver::DemoDriver::with_options(Default::default()),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let mut relay_cfg = relay_config(&unused, DriverTarget::Unix(driver_socket));
+    relay_cfg.tls = common::files(&out.join("ca.pem"), &(out.join("server.pem"), out.join("server-key.pem")));
+    let relay = relay::start(relay_cfg, shutdown.clone()).await.unwrap();
+    let mut shim_cfg = shim_config(&unused, &dir.path().join("shim/s.sock"), relay.local_addr);
+    shim_cfg.tls = common::files(&out.join("ca.pem"), &(out.join("client.pem"), out.join("client-key.pem")));
+    let shim = shim::start(shim_cfg, shutdown.clone()).unwrap();
+    let mut client = driver_client(&shim.socket).await.unwrap();
+    client.get_capabilities(GetCapabilitiesRequest {}).await.unwrap();
+    shutdown.stop_now();
+}
+
+/// `check` run as the binary: its output and exit status.
+async fn check(args: Vec<String>) -> (Option<i32>, String) {
+    let mut bridge = common::process::Bridge::spawn("check", &args, &[]);
+    let code = bridge.wait_exit(Duration::from_secs(60)).await;
+    bridge.wait_for_log(&["check: "], Duration::from_secs(2)).await;
+    (code, bridge.output())
+}
+
+fn shim_check_args(dir: &Path, port: u16, ca: &Path, identity: &(PathBuf, PathBuf)) -> Vec<String> {
+    let mut args: Vec<String> = ["check", "shim", "--server-name", "localhost"].iter().map(|s| s.to_string()).collect();
+    args.extend(["--socket".into(), dir.join("check-shim/compute-driver.sock").display().to_string()]);
+    args.extend(["--upstream".into(), format!("https://127.0.0.1:{port}")]);
+    args.extend(common::process::tls_args(ca, identity));
+    args
+}
+
+fn step_line<'a>(output: &'a str, step: &str) -> &'a str {
+    output
+        .lines()
+        .find(|line| line.starts_with("  ") && line.split_whitespace().nth(1) == Some(step))
+        .unwrap_or_else(|| panic!("no line for step {step}:\n{output}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_prints_the_chain_and_names_a_missing_intermediate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = intermediate_pki(&dir.path().join("pki"));
+    let (relay, _shim, shutdown) = intermediate_chain(dir.path(), &pki, vec![]).await;
+    let port = relay.local_addr.port();
+
+    // Whole chains: every step passes, and the chains are shown.
+    let (code, output) = check(shim_check_args(dir.path(), port, &pki.ca, &pki.client)).await;
+    assert_eq!(code, Some(0), "{output}");
+    let chain = step_line(&output, "chain");
+    assert!(
+        chain.contains("CN=openshell-gateway <- CN=enterprise issuing CA <- CN=enterprise root (in --ca)"),
+        "{chain}"
+    );
+    let handshake = step_line(&output, "tls-handshake");
+    assert!(handshake.contains("<- CN=enterprise issuing CA <- CN=enterprise root (in --ca)"), "{handshake}");
+
+    // Our own --cert without its intermediate: the chain step names it.
+    let leaf_only = dir.path().join("pki/client-leaf-only.pem");
+    let full = std::fs::read_to_string(&pki.client.0).unwrap();
+    let first_end = full.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----\n".len();
+    pki::write_pem(&leaf_only, &full[..first_end], false).unwrap();
+    let (_, output) = check(shim_check_args(dir.path(), port, &pki.ca, &(leaf_only, pki.client.1.clone()))).await;
+    let chain = step_line(&output, "chain");
+    assert!(chain.contains("WARN") && chain.contains("missing intermediate is CN=enterprise issuing CA"), "{output}");
+
+    // The relay sends its leaf without the intermediate: the handshake step names it.
+    let full = std::fs::read_to_string(&pki.server.0).unwrap();
+    let first_end = full.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----\n".len();
+    pki::write_pem(&pki.server.0, &full[..first_end], false).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (code, output) = check(shim_check_args(dir.path(), port, &pki.ca, &pki.client)).await;
+    assert_eq!(code, Some(1), "{output}");
+    let handshake = step_line(&output, "tls-handshake");
+    assert!(handshake.contains("FAIL") && handshake.contains("CN=enterprise issuing CA (missing)"), "{output}");
+    assert!(output.contains("a missing intermediate CA"), "{output}");
+    shutdown.stop_now();
+}

@@ -23,6 +23,8 @@
 //! Every network step is bounded by `--timeout`. The exit code is 0 only
 //! when no step failed (a WARN passes, with a hint).
 
+mod chain;
+
 use std::error::Error as StdError;
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -374,10 +376,30 @@ impl LinkCheck<'_> {
     async fn handshake(&self, tcp: TcpStream, name: ServerName<'static>, config: Arc<rustls::ClientConfig>) -> Outcome {
         let authority = self.upstream.authority();
         let connector = tokio_rustls::TlsConnector::from(config);
+        let name_for_probe = name.clone();
         let mut stream = match tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                return fail(format!("{authority}: {}", describe_tls_io_error(&e)), self.handshake_hint(&e, false));
+                let mut hint = self.handshake_hint(&e, false);
+                if matches!(rustls_error(&e), Some(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)))
+                {
+                    // Which chain did the relay send? A missing intermediate is the usual cause.
+                    if let Some(sent) = chain::presented_by(&authority, name_for_probe.clone(), self.timeout).await {
+                        let ca = self.ca_certs();
+                        if let Some(issuer) = chain::missing_issuer(&sent, &ca) {
+                            hint = chain::missing_hint("the upstream's", &issuer, sent.len());
+                        }
+                        return fail(
+                            format!(
+                                "{authority}: {}; chain sent: {}",
+                                describe_tls_io_error(&e),
+                                chain::describe(&sent, &ca)
+                            ),
+                            hint,
+                        );
+                    }
+                }
+                return fail(format!("{authority}: {}", describe_tls_io_error(&e)), hint);
             }
             Err(_) => {
                 return fail(
@@ -386,7 +408,12 @@ impl LinkCheck<'_> {
                 )
             }
         };
-        let session = describe_session(stream.get_ref().1);
+        let mut session = describe_session(stream.get_ref().1);
+        if let (Outcome::Pass(detail) | Outcome::Warn(detail, _), Some(sent)) =
+            (&mut session, stream.get_ref().1.peer_certificates())
+        {
+            detail.push_str(&format!("; chain {}", chain::describe(sent, &self.ca_certs())));
+        }
         match open_http2(&mut stream, self.timeout).await {
             Opening::Answered => session,
             Opening::Refused(e) => {
@@ -404,6 +431,11 @@ impl LinkCheck<'_> {
                 other => other,
             },
         }
+    }
+
+    /// The certificates of `--ca` (none when unreadable).
+    fn ca_certs(&self) -> Vec<CertificateDer<'static>> {
+        material::load_certs("--ca", &self.files.ca).unwrap_or_default()
     }
 
     /// What to do about a failed handshake; `after` when our side had
@@ -1095,7 +1127,25 @@ fn check_chain(tls: &TlsFiles, material: &Material, side: Side, now: OffsetDateT
     match verdict {
         Ok(()) => {
             let issuer = material.chain.last().and_then(issuer_of).unwrap_or_else(|| "the CA".into());
-            Outcome::Pass(format!("issued by {issuer} (in --ca), usable for {}{note}", side.usage()))
+            Outcome::Pass(format!(
+                "issued by {issuer} (in --ca), usable for {}{note}; chain {}",
+                side.usage(),
+                chain::describe(&material.chain, &material.ca)
+            ))
+        }
+        Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
+            if chain::missing_issuer(&material.chain, &material.ca).is_some() =>
+        {
+            let issuer = chain::missing_issuer(&material.chain, &material.ca).unwrap_or_default();
+            Outcome::Warn(
+                format!(
+                    "{subject} was not issued by a CA in --ca {}: chain {}; the missing intermediate is {issuer}, neither after the leaf in --cert {} nor in --ca",
+                    tls.ca.display(),
+                    chain::describe(&material.chain, &material.ca),
+                    tls.cert.display()
+                ),
+                format!("if {issuer} is an intermediate CA, append its certificate to --cert (leaf first; the peer's --ca needs only the root); fine only if {peer} {issuer} itself"),
+            )
         }
         Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => Outcome::Warn(
             format!("{subject} was not issued by a CA in --ca {}", tls.ca.display()),
