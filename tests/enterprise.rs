@@ -118,6 +118,15 @@ async fn handshake_verdict(addr: std::net::SocketAddr, tls: &TlsFiles) -> String
     }
 }
 
+/// The relay's metrics as a scraper reads them.
+fn scrape(relay: &RunningRelay) -> String {
+    use openshell_driver_bridge::obs::metrics::{Exposition, HopState};
+    let hop = HopState { peer: "driver".into(), connected_to: None, last_error: None, connects: 0, up: true };
+    let mut out = String::new();
+    relay.forwarder.metrics().render(&hop, Exposition::Prometheus, &mut out);
+    out
+}
+
 async fn open_watch(socket: &Path) -> tonic::Streaming<WatchSandboxesEvent> {
     let mut client = driver_client(socket).await.unwrap();
     client.watch_sandboxes(WatchSandboxesRequest {}).await.unwrap().into_inner()
@@ -170,12 +179,13 @@ async fn a_revoked_client_certificate_is_refused_at_the_handshake() {
     assert_eq!(handshake_verdict(site.relay.local_addr, &good).await, "ok");
 }
 
-/// Until the verdict for `tls` contains `part` (5 s at most).
+/// Until the verdict for `tls` is "ok" or, for any other `part`, contains
+/// it (5 s at most).
 async fn wait_for_verdict(addr: std::net::SocketAddr, tls: &TlsFiles, part: &str) {
     let mut last = String::new();
     for _ in 0..50 {
         last = handshake_verdict(addr, tls).await;
-        if last.contains(part) {
+        if last == part || (part != "ok" && last.contains(part)) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -310,8 +320,16 @@ async fn a_bad_or_stale_new_crl_is_refused_and_the_previous_kept() {
     assert!(handshake_verdict(site.relay.local_addr, &b).await.contains("revoked"));
 
     // A newer, fresh one is taken.
-    write_crl(&site.pki.ca, &site.crl, &[], 7, in_a_day());
+    let next_update = in_a_day();
+    write_crl(&site.pki.ca, &site.crl, &[], 7, next_update);
     wait_for_verdict(site.relay.local_addr, &b, "ok").await;
+    let metrics = scrape(&site.relay);
+    let line = format!(
+        "openshell_bridge_crl_next_update_timestamp_seconds{{role=\"relay\",file=\"{}\"}} {}",
+        site.crl.display(),
+        next_update.unix_timestamp()
+    );
+    assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
 }
 
 // ---------------------------------------------------------------------------
@@ -385,6 +403,8 @@ async fn a_policy_reload_closes_removed_identities_restricts_moved_ones_and_leav
         status.message()
     );
     assert_eq!(site.relay.forwarder.metrics().policy_reloads("ok"), 1);
+    let metrics = scrape(&site.relay);
+    assert!(metrics.contains("openshell_bridge_policy_reloads_total{role=\"relay\",result=\"ok\"} 1"), "{metrics}");
 
     // gw-b, now read-only, keeps its watch (it sees gw-a's sandbox) but may not create.
     let (a, b) = watches.split_at_mut(1);
