@@ -229,6 +229,30 @@ async fn the_shim_refuses_a_revoked_relay_certificate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_revokes_the_relay_certificate_closes_the_shims_open_connection() {
+    let site = Site::start(|_, _, _| {}).await;
+    let crl = site.dir.path().join("pki/shim.crl");
+    write_crl(&site.pki.ca, &crl, &[], 1, in_a_day());
+    let mut tls = site.client("gw-a");
+    tls.crls = vec![crl.clone()];
+    let shim = site.shim("gw-a", tls);
+    let mut watch = open_watch(&shim.socket).await;
+    sees_created(&shim.socket, &mut watch, "before").await;
+
+    let written = Instant::now();
+    write_crl(&site.pki.ca, &crl, &[&site.pki.server.0], 2, in_a_day());
+    let status = watch_end(&mut watch, Duration::from_secs(10)).await;
+    eprintln!("shim side: CRL written -> the gateway's watch ended in {} ms", written.elapsed().as_millis());
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("relay certificate revoked"), "{}", status.message());
+    // The shim does not come back to that relay.
+    let mut client = driver_client(&shim.socket).await.unwrap();
+    let status = client.get_capabilities(GetCapabilitiesRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("revoked"), "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crl_of_an_issuer_that_is_not_loaded_does_not_apply() {
     let site = Site::start(|_, _, _| {}).await;
     let client = site.client("gw-a");

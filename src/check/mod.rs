@@ -518,6 +518,7 @@ impl LinkCheck<'_> {
             address: self.upstream.authority(),
             server_name: name,
             config: Arc::new(ArcSwap::new(config)),
+            live: None,
         });
         let uri = format!("https://{}", self.upstream.authority());
         match call_capabilities(&uri, connector, self.timeout).await {
