@@ -315,7 +315,7 @@ async fn a_reload_that_revokes_an_open_clients_certificate_closes_its_connection
     let mut client_a = driver_client(&shim_a.socket).await.unwrap();
     let status = client_a.get_capabilities(GetCapabilitiesRequest {}).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(site.relay.forwarder.sessions().len() >= 1);
+    assert!(!site.relay.forwarder.sessions().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,7 +467,7 @@ async fn an_invalid_new_policy_file_is_refused_naming_file_line_and_key_and_the_
     // A pattern that is no identity, on line 8 of the file.
     ps.rewrite("allow-client = [\"dns:gw-b\"]\nallow-client-read-only = [\"gw-a\"]");
     let source = openshell_driver_bridge::cli::policy::source(ps.argv.clone(), ps.file.clone());
-    let error = (source.load)().err().expect("the invalid file was accepted");
+    let error = (source.load)().expect_err("the invalid file was accepted");
     let at = format!("{}:8: key `allow-client-read-only`", ps.file.display());
     assert!(error.contains(&at), "{error}");
     assert!(wait_until(|| site.relay.forwarder.metrics().policy_reloads("refused") >= 1).await);
@@ -482,7 +482,7 @@ async fn an_invalid_new_policy_file_is_refused_naming_file_line_and_key_and_the_
 
     // An unknown key is refused the same way.
     ps.rewrite("allow-clients = [\"dns:gw-b\"]");
-    let error = (source.load)().err().expect("the invalid file was accepted");
+    let error = (source.load)().expect_err("the invalid file was accepted");
     assert!(error.contains(&format!("{}:7: key `allow-clients`", ps.file.display())), "{error}");
 }
 
