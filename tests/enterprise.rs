@@ -30,8 +30,8 @@ fn leaf_der(cert_file: &Path) -> CertificateDer<'static> {
     CertificateDer::from_pem_file(cert_file).unwrap()
 }
 
-fn in_a_day() -> OffsetDateTime {
-    OffsetDateTime::now_utc() + time::Duration::days(1)
+fn in_a_week() -> OffsetDateTime {
+    OffsetDateTime::now_utc() + time::Duration::days(7)
 }
 
 /// Writes a CRL of `ca` listing `revoked` (certificate files) to `path`.
@@ -56,7 +56,7 @@ impl Site {
         let dir = tempfile::tempdir().unwrap();
         let pki = TestPki::new(&dir.path().join("pki"));
         let crl = dir.path().join("pki/ca.crl");
-        write_crl(&pki.ca, &crl, &[], 1, in_a_day());
+        write_crl(&pki.ca, &crl, &[], 1, in_a_week());
         let driver_socket = dir.path().join("driver/driver.sock");
         let shutdown = Shutdown::new();
         let driver = openshell_driver_bridge::demo::driver::DemoDriver::with_options(
@@ -173,7 +173,7 @@ async fn a_revoked_client_certificate_is_refused_at_the_handshake() {
     let site = Site::start(|_, _, _| {}).await;
     let good = site.client("gw-a");
     let revoked = site.client("gw-b");
-    write_crl(&site.pki.ca, &site.crl, &[&revoked.cert], 2, in_a_day());
+    write_crl(&site.pki.ca, &site.crl, &[&revoked.cert], 2, in_a_week());
     // Wait for the reload (200 ms interval), then try both.
     wait_for_verdict(site.relay.local_addr, &revoked, "revoked").await;
     assert_eq!(handshake_verdict(site.relay.local_addr, &good).await, "ok");
@@ -198,7 +198,7 @@ async fn a_revoked_client_certificate_is_refused_from_the_start() {
     let site = Site::start(|config, pki, dir| {
         let revoked = pki.issue("gw-b", &LeafSpec::client("gw-b"));
         let crl = dir.join("pki/start.crl");
-        write_crl(&pki.ca, &crl, &[&revoked.0], 1, in_a_day());
+        write_crl(&pki.ca, &crl, &[&revoked.0], 1, in_a_week());
         config.tls.crls = vec![crl];
     })
     .await;
@@ -213,7 +213,7 @@ async fn a_revoked_client_certificate_is_refused_from_the_start() {
 async fn the_shim_refuses_a_revoked_relay_certificate() {
     let site = Site::start(|_, _, _| {}).await;
     let crl = site.dir.path().join("pki/relay-revoked.crl");
-    write_crl(&site.pki.ca, &crl, &[&site.pki.server.0], 1, in_a_day());
+    write_crl(&site.pki.ca, &crl, &[&site.pki.server.0], 1, in_a_week());
     let mut tls = site.client("gw-a");
     tls.crls = vec![crl];
     let shim = site.shim("gw-a", tls);
@@ -232,7 +232,7 @@ async fn the_shim_refuses_a_revoked_relay_certificate() {
 async fn a_reload_that_revokes_the_relay_certificate_closes_the_shims_open_connection() {
     let site = Site::start(|_, _, _| {}).await;
     let crl = site.dir.path().join("pki/shim.crl");
-    write_crl(&site.pki.ca, &crl, &[], 1, in_a_day());
+    write_crl(&site.pki.ca, &crl, &[], 1, in_a_week());
     let mut tls = site.client("gw-a");
     tls.crls = vec![crl.clone()];
     let shim = site.shim("gw-a", tls);
@@ -240,7 +240,7 @@ async fn a_reload_that_revokes_the_relay_certificate_closes_the_shims_open_conne
     sees_created(&shim.socket, &mut watch, "before").await;
 
     let written = Instant::now();
-    write_crl(&site.pki.ca, &crl, &[&site.pki.server.0], 2, in_a_day());
+    write_crl(&site.pki.ca, &crl, &[&site.pki.server.0], 2, in_a_week());
     let status = watch_end(&mut watch, Duration::from_secs(10)).await;
     eprintln!("shim side: CRL written -> the gateway's watch ended in {} ms", written.elapsed().as_millis());
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -259,7 +259,7 @@ async fn a_crl_of_an_issuer_that_is_not_loaded_does_not_apply() {
     // Another CA "revokes" a certificate with the client's very serial.
     let other = Ca::new("another CA").unwrap();
     let der = leaf_der(&client.cert);
-    let pem = other.crl(&[&der], 1, in_a_day()).unwrap();
+    let pem = other.crl(&[&der], 1, in_a_week()).unwrap();
     pki::write_pem(&site.crl, &pem, false).unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(handshake_verdict(site.relay.local_addr, &client).await, "ok");
@@ -300,7 +300,7 @@ async fn a_reload_that_revokes_an_open_clients_certificate_closes_its_connection
 
     // The drill: a CRL listing gw-a's certificate dropped in place.
     let written = Instant::now();
-    write_crl(&site.pki.ca, &site.crl, &[&a.cert], 2, in_a_day());
+    write_crl(&site.pki.ca, &site.crl, &[&a.cert], 2, in_a_week());
     let status = watch_end(&mut watch_a, Duration::from_secs(10)).await;
     let took = written.elapsed();
     eprintln!("revocation drill: CRL written -> gw-a's watch ended in {} ms", took.as_millis());
@@ -323,7 +323,7 @@ async fn a_bad_or_stale_new_crl_is_refused_and_the_previous_kept() {
     let site = Site::start(|_, _, _| {}).await;
     let a = site.client("gw-a");
     let b = site.client("gw-b");
-    write_crl(&site.pki.ca, &site.crl, &[&b.cert], 5, in_a_day());
+    write_crl(&site.pki.ca, &site.crl, &[&b.cert], 5, in_a_week());
     wait_for_verdict(site.relay.local_addr, &b, "revoked").await;
 
     // Garbage in place of the CRL: refused, gw-b stays revoked.
@@ -339,12 +339,12 @@ async fn a_bad_or_stale_new_crl_is_refused_and_the_previous_kept() {
     assert!(handshake_verdict(site.relay.local_addr, &b).await.contains("revoked"));
 
     // An older CRL (a lower number) that lists nobody: refused too.
-    write_crl(&site.pki.ca, &site.crl, &[], 4, in_a_day());
+    write_crl(&site.pki.ca, &site.crl, &[], 4, in_a_week());
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(handshake_verdict(site.relay.local_addr, &b).await.contains("revoked"));
 
     // A newer, fresh one is taken.
-    let next_update = in_a_day();
+    let next_update = in_a_week();
     write_crl(&site.pki.ca, &site.crl, &[], 7, next_update);
     wait_for_verdict(site.relay.local_addr, &b, "ok").await;
     let metrics = scrape(&site.relay);
@@ -555,7 +555,7 @@ async fn chains_with_an_intermediate_work_both_ways_with_only_the_root_in_ca() {
     let pki = intermediate_pki(&dir.path().join("pki"));
     // The relay watches a CRL of the intermediate, listing nobody yet.
     let crl = dir.path().join("pki/issuing.crl");
-    pki::write_pem(&crl, &pki.intermediate.crl(&[], 1, in_a_day()).unwrap(), false).unwrap();
+    pki::write_pem(&crl, &pki.intermediate.crl(&[], 1, in_a_week()).unwrap(), false).unwrap();
     let (relay, shim, shutdown) = intermediate_chain(dir.path(), &pki, vec![crl.clone()]).await;
     let mut client = driver_client(&shim.socket).await.unwrap();
     let caps = client.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner();
@@ -565,7 +565,7 @@ async fn chains_with_an_intermediate_work_both_ways_with_only_the_root_in_ca() {
     let tls = common::files(&pki.ca, &pki.client);
     assert_eq!(handshake_verdict(relay.local_addr, &tls).await, "ok");
     let leaf = leaf_der(&pki.client.0);
-    pki::write_pem(&crl, &pki.intermediate.crl(&[&leaf], 2, in_a_day()).unwrap(), false).unwrap();
+    pki::write_pem(&crl, &pki.intermediate.crl(&[&leaf], 2, in_a_week()).unwrap(), false).unwrap();
     wait_for_verdict(relay.local_addr, &tls, "revoked").await;
     shutdown.stop_now();
 }
@@ -665,4 +665,92 @@ async fn check_prints_the_chain_and_names_a_missing_intermediate() {
     assert!(handshake.contains("FAIL") && handshake.contains("CN=enterprise issuing CA (missing)"), "{output}");
     assert!(output.contains("a missing intermediate CA"), "{output}");
     shutdown.stop_now();
+}
+
+// ---------------------------------------------------------------------------
+// The drills as an operator runs them: processes, a --config file, SIGHUP
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_new_policy_and_a_new_crl_to_a_running_relay_process() {
+    use common::process::{field, tls_args, Bridge};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let crl = dir.path().join("pki/ca.crl");
+    write_crl(&pki.ca, &crl, &[], 1, in_a_week());
+    let driver_socket = dir.path().join("driver/driver.sock");
+    let driver =
+        Bridge::spawn("driver", &["demo-driver".into(), "--socket".into(), driver_socket.display().to_string()], &[]);
+    driver.expect_log(&["demo driver serving"]).await;
+    // Only SIGHUP reloads here: the files are checked once an hour.
+    let config = dir.path().join("relay.toml");
+    let write_config = |clients: &str| {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ndriver-socket = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = [\"{}\"]\nreload-interval = \"1h\"\nallow-client = [{clients}]\n",
+            driver_socket.display(),
+            pki.ca_file.display(),
+            pki.server.0.display(),
+            pki.server.1.display(),
+            crl.display()
+        );
+        pki::write_pem(&config, &text, false).unwrap();
+    };
+    write_config(&format!("\"dns:{GATEWAY_ID}\", \"dns:gw-b\""));
+    let relay = Bridge::spawn("relay", &["relay".into(), "--config".into(), config.display().to_string()], &[]);
+    let line = relay.expect_log(&["relay serving"]).await;
+    let relay_addr = field(&line, "listen=").unwrap();
+    assert!(relay.find_log(&["CRL in use", "issuer CN=bridge test CA", "0 revoked"]).is_some(), "{}", relay.output());
+
+    let gw_b = pki.issue("gw-b", &LeafSpec::client("gw-b"));
+    let mut shims = Vec::new();
+    for (name, identity) in [("gateway", &pki.client), ("gw-b", &gw_b)] {
+        let socket = dir.path().join(format!("{name}/s.sock"));
+        let mut args: Vec<String> = vec![
+            "shim".into(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--upstream".into(),
+            format!("https://{relay_addr}"),
+            "--server-name".into(),
+            "localhost".into(),
+            "--connect-wait".into(),
+            "2s".into(),
+        ];
+        args.extend(tls_args(&pki.ca_file, identity));
+        let shim = Bridge::spawn(name, &args, &[]);
+        shim.expect_log(&["shim serving"]).await;
+        shims.push((socket, shim));
+    }
+    let mut watch_gw = open_watch(&shims[0].0).await;
+    let mut watch_b = open_watch(&shims[1].0).await;
+    sees_created(&shims[0].0, &mut watch_gw, "one").await;
+
+    // Policy: gw-b removed, SIGHUP.
+    write_config(&format!("\"dns:{GATEWAY_ID}\""));
+    relay.signal(rustix::process::Signal::HUP);
+    let status = watch_end(&mut watch_b, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let reloaded = relay.expect_log(&["access policy reloaded", "SIGHUP"]).await;
+    assert!(reloaded.contains("removed=dns:gw-b (full)") && reloaded.contains("closed_connections=1"), "{reloaded}");
+    sees_created(&shims[0].0, &mut watch_gw, "two").await;
+
+    // The cut-off drill: a CRL listing the gateway's certificate, SIGHUP.
+    let written = Instant::now();
+    write_crl(&pki.ca, &crl, &[&pki.client.0], 2, in_a_week());
+    relay.signal(rustix::process::Signal::HUP);
+    let status = watch_end(&mut watch_gw, Duration::from_secs(10)).await;
+    eprintln!(
+        "revocation drill (processes, SIGHUP): CRL written -> the gateway's watch ended in {} ms",
+        written.elapsed().as_millis()
+    );
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("client certificate revoked"), "{}", status.message());
+    relay.expect_log(&["client certificate revoked by the reloaded CRL", &format!("client=dns:{GATEWAY_ID}")]).await;
+    relay.expect_log(&["CRL in use", "1 revoked"]).await;
+    let mut client = driver_client(&shims[0].0).await.unwrap();
+    let refused = client.get_capabilities(GetCapabilitiesRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    relay.expect_log(&["TLS handshake refused", "revoked"]).await;
+    if std::env::var_os("SHOW_LOG").is_some() {
+        eprintln!("{}", relay.output());
+    }
 }
