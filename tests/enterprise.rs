@@ -754,3 +754,22 @@ async fn sighup_applies_a_new_policy_and_a_new_crl_to_a_running_relay_process() 
         eprintln!("{}", relay.output());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reads_the_crl_files() {
+    let site = Site::start(|_, _, _| {}).await;
+    let port = site.relay.local_addr.port();
+    let mut args = shim_check_args(site.dir.path(), port, &site.pki.ca_file, &site.pki.client);
+    args.extend(["--crl".into(), site.crl.display().to_string()]);
+    let (_, output) = check(args.clone()).await;
+    let files = step_line(&output, "files");
+    assert!(files.contains("OK") && files.contains("ca.crl (CRL of issuer CN=bridge test CA, 0 revoked"), "{output}");
+
+    let garbage = site.dir.path().join("pki/garbage.crl");
+    std::fs::write(&garbage, "<html>not found</html>").unwrap();
+    args.extend(["--crl".into(), garbage.display().to_string()]);
+    let (code, output) = check(args).await;
+    assert_eq!(code, Some(1), "{output}");
+    let files = step_line(&output, "files");
+    assert!(files.contains("FAIL") && files.contains("garbage.crl: the file does not parse"), "{output}");
+}

@@ -24,6 +24,7 @@
 //! when no step failed (a WARN passes, with a hint).
 
 mod chain;
+mod crl;
 
 use std::error::Error as StdError;
 use std::io::{self, Read as _, Write as _};
@@ -1027,8 +1028,19 @@ fn check_files(tls: &TlsFiles) -> Outcome {
             }
         }
     }
+    let mut crls = Vec::new();
+    for path in &tls.crls {
+        match crl::describe(path, OffsetDateTime::now_utc()) {
+            Ok(described) => crls.push(described),
+            Err((problem, hint)) => {
+                problems.push(problem);
+                hints.push(hint);
+            }
+        }
+    }
     if problems.is_empty() {
-        let names: Vec<String> = files.iter().map(|(_, path)| file_name(path)).collect();
+        let mut names: Vec<String> = files.iter().map(|(_, path)| file_name(path)).collect();
+        names.extend(crls);
         Outcome::Pass(format!("{} readable", names.join(", ")))
     } else {
         fail(problems.join("; "), hints.join("; "))
