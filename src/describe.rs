@@ -45,6 +45,9 @@ pub fn describe_tls_error(error: &rustls::Error) -> String {
         E::AlertReceived(A::UnknownCA) => {
             "peer does not trust our certificate: it was not issued by the peer's CA (alert unknown_ca)".into()
         }
+        E::AlertReceived(A::CertificateRevoked) => {
+            "peer rejected our certificate as revoked: a CRL the peer loaded lists it (alert certificate_revoked)".into()
+        }
         E::AlertReceived(A::CertificateExpired) => {
             "peer rejected our certificate as expired (alert certificate_expired)".into()
         }
@@ -67,7 +70,10 @@ pub fn describe_tls_error(error: &rustls::Error) -> String {
 fn describe_cert_error(error: &rustls::CertificateError) -> String {
     use rustls::CertificateError as C;
     match error {
-        C::UnknownIssuer => "not issued by a trusted CA (check --ca)".into(),
+        C::UnknownIssuer => {
+            "not issued by a trusted CA (check --ca; a certificate issued by an intermediate CA must be sent with that intermediate after it in --cert)".into()
+        }
+        C::Revoked => "revoked (listed in a --crl of its issuer)".into(),
         C::BadSignature => {
             "not issued by a trusted CA: its signature does not verify against --ca (another CA of the same name?)"
                 .into()
@@ -90,6 +96,7 @@ pub fn handshake_reason(error: &std::io::Error) -> &'static str {
     match tls {
         E::NoCertificatesPresented => "no_certificate",
         E::InvalidCertificate(C::UnknownIssuer) => "unknown_ca",
+        E::InvalidCertificate(C::Revoked) => "revoked",
         E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "expired",
         E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => "not_yet_valid",
         E::InvalidCertificate(_) => "bad_certificate",

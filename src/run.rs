@@ -30,7 +30,11 @@ pub async fn run(parsed: Parsed) -> anyhow::Result<ExitCode> {
             serve_until_signal(shutdown, drain, shim.task).await
         }
         Command::Relay(args) => {
-            let config = args.to_config().map_err(anyhow::Error::msg)?;
+            let mut config = args.to_config().map_err(anyhow::Error::msg)?;
+            if let Some(file) = args.file.config.clone() {
+                // The policy is re-read from this very command line and file.
+                config.policy_source = Some(crate::cli::policy::source(std::env::args_os().collect(), file));
+            }
             let drain = config.settings.drain_timeout;
             let shutdown = Shutdown::new();
             let relay = crate::role::relay::start(config, shutdown.clone()).await?;
@@ -45,6 +49,21 @@ pub async fn run(parsed: Parsed) -> anyhow::Result<ExitCode> {
             };
             let task = crate::demo::serve_driver(&args.socket, options, shutdown.clone())?;
             serve_until_signal(shutdown, std::time::Duration::from_secs(5), task).await
+        }
+        Command::Certs(CertsCommand::Init(args)) if args.intermediate => {
+            let paths = crate::pki::intermediate::init_with_intermediate(
+                &args.out,
+                &args.server_names,
+                &args.client_names,
+                args.force,
+            )?;
+            println!("wrote a development PKI with an intermediate CA to {}:", args.out.display());
+            for (what, path) in paths.listing() {
+                println!("  {what:<22} {}", path.display());
+            }
+            println!("Pass ca.pem (the root only) as --ca on both sides; server.pem and client.pem carry their intermediate.");
+            println!("These are for development and trials only; use your own PKI (e.g. cert-manager) in production.");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Certs(CertsCommand::Init(args)) => {
             let paths = crate::pki::init(&args.out, &args.server_names, &args.client_names, args.force)?;

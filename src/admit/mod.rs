@@ -16,14 +16,17 @@
 pub mod call_log;
 pub mod policy;
 pub mod route;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderMap;
 
 use crate::admit::policy::{Caller, Policy};
 use crate::admit::route::{grpc_timeout, printable, route};
+use crate::admit::sessions::Sessions;
 use crate::connect::dialer::Dialer;
 use crate::grpc::contract::STREAMING_METHODS;
 use crate::grpc::status::{BridgeStatus, Code};
@@ -39,7 +42,10 @@ struct ForwarderInner {
     /// Names this bridge in messages: "shim" or "relay".
     role: &'static str,
     dialer: Dialer,
-    policy: Policy,
+    /// Swapped whole when the access policy is reloaded; read per call.
+    policy: ArcSwap<Policy>,
+    /// The live client connections (registered by the TLS listener).
+    sessions: Sessions,
     default_timeout: Option<Duration>,
     metrics: Arc<Metrics>,
     /// Why streams end when the bridge stops, made once.
@@ -59,7 +65,8 @@ impl Forwarder {
             inner: Arc::new(ForwarderInner {
                 role,
                 dialer,
-                policy,
+                policy: ArcSwap::from_pointee(policy),
+                sessions: Sessions::default(),
                 default_timeout: options.default_timeout,
                 metrics: Arc::new(Metrics::new(role)),
                 shutting_down: Arc::from(format!("{role} is shutting down")),
@@ -72,8 +79,22 @@ impl Forwarder {
         &self.inner.dialer
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.inner.policy
+    /// The access policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.inner.policy.load_full()
+    }
+
+    /// Puts `policy` in force for every call from now on, and cuts the
+    /// connections whose identity it no longer admits.
+    pub fn replace_policy(&self, policy: Policy) -> Vec<sessions::CutConnection> {
+        let policy = Arc::new(policy);
+        self.inner.policy.store(policy.clone());
+        self.inner.sessions.cut_unadmitted(&policy, self.inner.role)
+    }
+
+    /// The live client connections.
+    pub fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -94,7 +115,8 @@ impl Forwarder {
     /// (logged and counted here).
     pub(crate) fn admit(&self, path: &str, headers: &HeaderMap, caller: &Caller) -> Result<Admission, BridgeStatus> {
         let role = self.inner.role;
-        if path == crate::grpc::health::CHECK_PATH && self.inner.policy.admits(caller) {
+        let policy = self.inner.policy.load();
+        if path == crate::grpc::health::CHECK_PATH && policy.admits(caller) {
             return Ok(Admission::Health);
         }
         let method = match route(path) {
@@ -105,7 +127,7 @@ impl Forwarder {
                 return Err(status);
             }
         };
-        if let Err(denied) = self.inner.policy.authorize(caller, method) {
+        if let Err(denied) = policy.authorize(caller, method) {
             tracing::warn!(role, caller = %caller, method = %printable(method), reason = %denied.0, "refused by policy");
             self.inner.metrics.refused(Refusal::Policy);
             return Err(BridgeStatus::new(Code::PermissionDenied, format!("{role}: {}", denied.0)));

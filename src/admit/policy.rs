@@ -107,6 +107,72 @@ impl Policy {
     }
 }
 
+/// What a new policy changes for identities, for the reload's log line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// `dns:x (full -> read-only)`.
+    pub moved: Vec<String>,
+}
+
+impl PolicyChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.moved.is_empty()
+    }
+}
+
+fn access_name(access: Access) -> &'static str {
+    match access {
+        Access::Full => "full",
+        Access::ReadOnly => "read-only",
+    }
+}
+
+impl Policy {
+    /// The identities (rules, and "any client of the CA") with their access.
+    fn grants(&self) -> Vec<(String, Access)> {
+        match self {
+            Policy::LocalPeers => vec![],
+            Policy::Clients { rules, any_client } => {
+                let mut grants: Vec<(String, Access)> = Vec::new();
+                for rule in rules {
+                    let name = rule.pattern.to_string();
+                    // The first matching rule decides: later duplicates do not count.
+                    if !grants.iter().any(|(n, _)| *n == name) {
+                        grants.push((name, rule.access));
+                    }
+                }
+                if let Some(access) = any_client {
+                    grants.push(("any client of the CA".to_owned(), *access));
+                }
+                grants
+            }
+        }
+    }
+
+    /// What `new` changes compared with this policy.
+    pub fn changes(&self, new: &Policy) -> PolicyChanges {
+        let (old, new) = (self.grants(), new.grants());
+        let mut changes = PolicyChanges::default();
+        for (name, access) in &new {
+            match old.iter().find(|(n, _)| n == name) {
+                None => changes.added.push(format!("{name} ({})", access_name(*access))),
+                Some((_, was)) if was != access => {
+                    changes.moved.push(format!("{name} ({} -> {})", access_name(*was), access_name(*access)))
+                }
+                Some(_) => {}
+            }
+        }
+        for (name, access) in &old {
+            if !new.iter().any(|(n, _)| n == name) {
+                changes.removed.push(format!("{name} ({})", access_name(*access)));
+            }
+        }
+        changes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +210,23 @@ mod tests {
         assert!(closed.authorize(&tls("x"), "GetCapabilities").is_err());
         let open = Policy::Clients { rules: vec![], any_client: Some(Access::Full) };
         assert!(open.authorize(&tls("x"), "DeleteSandbox").is_ok());
+    }
+
+    #[test]
+    fn changes_name_added_removed_and_moved_identities() {
+        let old = Policy::Clients {
+            rules: vec![rule("dns:a", Access::Full), rule("dns:b", Access::Full), rule("dns:c", Access::ReadOnly)],
+            any_client: None,
+        };
+        let new = Policy::Clients {
+            rules: vec![rule("dns:a", Access::Full), rule("dns:b", Access::ReadOnly), rule("dns:d", Access::Full)],
+            any_client: None,
+        };
+        let changes = old.changes(&new);
+        assert_eq!(changes.added, vec!["dns:d (full)"]);
+        assert_eq!(changes.removed, vec!["dns:c (read-only)"]);
+        assert_eq!(changes.moved, vec!["dns:b (full -> read-only)"]);
+        assert!(old.changes(&old).is_empty());
     }
 
     #[test]

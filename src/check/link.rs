@@ -95,10 +95,32 @@ impl LinkCheck<'_> {
     async fn handshake(&self, tcp: TcpStream, name: ServerName<'static>, config: Arc<rustls::ClientConfig>) -> Outcome {
         let authority = self.upstream.authority();
         let connector = tokio_rustls::TlsConnector::from(config);
+        let name_for_probe = name.clone();
         let mut stream = match tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                return fail(format!("{authority}: {}", describe_tls_io_error(&e)), self.handshake_hint(&e, false));
+                let mut hint = self.handshake_hint(&e, false);
+                if matches!(rustls_error(&e), Some(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)))
+                {
+                    // Which chain did the relay send? A missing intermediate is the usual cause.
+                    if let Some(sent) =
+                        super::chain::presented_by(&authority, name_for_probe.clone(), self.timeout).await
+                    {
+                        let ca = self.ca_certs();
+                        if let Some(issuer) = super::chain::missing_issuer(&sent, &ca) {
+                            hint = super::chain::missing_hint("the upstream's", &issuer, sent.len());
+                        }
+                        return fail(
+                            format!(
+                                "{authority}: {}; chain sent: {}",
+                                describe_tls_io_error(&e),
+                                super::chain::describe(&sent, &ca)
+                            ),
+                            hint,
+                        );
+                    }
+                }
+                return fail(format!("{authority}: {}", describe_tls_io_error(&e)), hint);
             }
             Err(_) => {
                 return fail(
@@ -107,7 +129,12 @@ impl LinkCheck<'_> {
                 )
             }
         };
-        let session = describe_session(stream.get_ref().1);
+        let mut session = describe_session(stream.get_ref().1);
+        if let (Outcome::Pass(detail) | Outcome::Warn(detail, _), Some(sent)) =
+            (&mut session, stream.get_ref().1.peer_certificates())
+        {
+            detail.push_str(&format!("; chain {}", super::chain::describe(sent, &self.ca_certs())));
+        }
         match open_http2(&mut stream, self.timeout).await {
             Opening::Answered => session,
             Opening::Refused(e) => {
@@ -125,6 +152,11 @@ impl LinkCheck<'_> {
                 other => other,
             },
         }
+    }
+
+    /// The certificates of `--ca` (none when unreadable).
+    fn ca_certs(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        material::load_certs("--ca", &self.files.ca).unwrap_or_default()
     }
 
     /// What to do about a failed handshake; `after` when our side had
@@ -207,6 +239,7 @@ impl LinkCheck<'_> {
             address: self.upstream.authority(),
             server_name: name,
             config: Arc::new(ArcSwap::new(config)),
+            live: None,
         });
         let uri = format!("https://{}", self.upstream.authority());
         match call_capabilities(&uri, connector, self.timeout).await {

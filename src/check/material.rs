@@ -85,8 +85,19 @@ fn check_files(tls: &TlsFiles) -> Outcome {
             }
         }
     }
+    let mut crls = Vec::new();
+    for path in &tls.crls {
+        match super::crl::describe(path, OffsetDateTime::now_utc()) {
+            Ok(described) => crls.push(described),
+            Err((problem, hint)) => {
+                problems.push(problem);
+                hints.push(hint);
+            }
+        }
+    }
     if problems.is_empty() {
-        let names: Vec<String> = files.iter().map(|(_, path)| file_name(path)).collect();
+        let mut names: Vec<String> = files.iter().map(|(_, path)| file_name(path)).collect();
+        names.extend(crls);
         Outcome::Pass(format!("{} readable", names.join(", ")))
     } else {
         fail(problems.join("; "), hints.join("; "))
@@ -186,7 +197,25 @@ fn check_chain(tls: &TlsFiles, material: &Material, side: Side, now: OffsetDateT
     match verdict {
         Ok(()) => {
             let issuer = material.chain.last().and_then(issuer_of).unwrap_or_else(|| "the CA".into());
-            Outcome::Pass(format!("issued by {issuer} (in --ca), usable for {}{note}", side.usage()))
+            Outcome::Pass(format!(
+                "issued by {issuer} (in --ca), usable for {}{note}; chain {}",
+                side.usage(),
+                super::chain::describe(&material.chain, &material.ca)
+            ))
+        }
+        Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
+            if super::chain::missing_issuer(&material.chain, &material.ca).is_some() =>
+        {
+            let issuer = super::chain::missing_issuer(&material.chain, &material.ca).unwrap_or_default();
+            Outcome::Warn(
+                format!(
+                    "{subject} was not issued by a CA in --ca {}: chain {}; the missing intermediate is {issuer}, neither after the leaf in --cert {} nor in --ca",
+                    tls.ca.display(),
+                    super::chain::describe(&material.chain, &material.ca),
+                    tls.cert.display()
+                ),
+                format!("if {issuer} is an intermediate CA, append its certificate to --cert (leaf first; the peer's --ca needs only the root); fine only if {peer} {issuer} itself"),
+            )
         }
         Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => Outcome::Warn(
             format!("{subject} was not issued by a CA in --ca {}", tls.ca.display()),

@@ -30,6 +30,8 @@
 //! `words.rs`.
 
 mod call;
+mod chain;
+mod crl;
 mod link;
 mod material;
 mod relay;

@@ -107,6 +107,9 @@ pub struct TlsArgs {
     /// How often to check the certificate, key and CA files for a change (SIGHUP reloads at once).
     #[arg(long, env = "OPENSHELL_BRIDGE_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub reload_interval: Duration,
+    /// Certificate revocation list (PEM or DER) of a CA or intermediate: a peer certificate it lists is refused, and open connections made with one are closed; repeatable.
+    #[arg(long = "crl", env = "OPENSHELL_BRIDGE_CRL", value_name = "FILE", value_delimiter = ',')]
+    pub crls: Vec<PathBuf>,
 }
 
 impl TlsArgs {
@@ -118,6 +121,7 @@ impl TlsArgs {
             allow_loose_key_permissions: self.allow_loose_key_permissions,
             tls12: self.tls12,
             reload_interval: self.reload_interval.max(Duration::from_millis(100)),
+            crls: self.crls.clone(),
         }
     }
 }
@@ -298,14 +302,21 @@ pub struct RelayArgs {
     #[arg(long, env = "OPENSHELL_BRIDGE_UNSAFE_DRIVER_TARGET")]
     pub unsafe_driver_target: bool,
     /// Admit clients with this identity: dns:NAME, uri:URI (uri:PREFIX/* for a prefix), cn:NAME; repeatable.
-    #[arg(long = "allow-client", env = "OPENSHELL_BRIDGE_ALLOW_CLIENT", value_name = "ID", value_delimiter = ',')]
+    #[arg(
+        long = "allow-client",
+        env = "OPENSHELL_BRIDGE_ALLOW_CLIENT",
+        value_name = "ID",
+        value_delimiter = ',',
+        value_parser = identity_pattern
+    )]
     pub allow_clients: Vec<String>,
     /// Admit these identities for read-only methods only (Get*, List, Watch, Validate); repeatable.
     #[arg(
         long = "allow-client-read-only",
         env = "OPENSHELL_BRIDGE_ALLOW_CLIENT_READ_ONLY",
         value_name = "ID",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = identity_pattern
     )]
     pub allow_clients_read_only: Vec<String>,
     /// Admit any client certificate issued by --ca (must be asked for explicitly).
@@ -368,8 +379,15 @@ impl RelayArgs {
             rules,
             any_client: self.allow_any_client.then_some(Access::Full),
             settings,
+            policy_source: None,
         })
     }
+}
+
+/// An identity pattern, checked where it is given (a flag, or a key of
+/// the file named with its line), kept as written.
+fn identity_pattern(text: &str) -> Result<String, String> {
+    text.parse::<IdentityPattern>().map(|_| text.to_owned()).map_err(|e| e.to_string())
 }
 
 fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
@@ -395,7 +413,7 @@ pub struct DemoDriverArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum CertsCommand {
-    /// Write a development CA plus one server and one client certificate.
+    /// Write a development CA plus one server and one client certificate (--intermediate: a root, an intermediate, and leaves from it).
     Init(CertsInitArgs),
 }
 
@@ -413,6 +431,9 @@ pub struct CertsInitArgs {
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
+    /// Issue the leaves from an intermediate CA: ca.pem is the root only, server.pem and client.pem hold leaf then intermediate.
+    #[arg(long)]
+    pub intermediate: bool,
 }
 
 #[derive(Args, Debug, Clone)]

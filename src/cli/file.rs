@@ -314,6 +314,7 @@ mod tests {
         ("key", "\"/etc/b/me-key.pem\""),
         ("allow-loose-key-permissions", "true"),
         ("tls12", "true"),
+        ("crl", "[\"/etc/b/edge.crl\", \"/etc/b/relay.crl\"]"),
         ("reload-interval", "\"7s\""),
         ("connect-wait", "\"21s\""),
         ("connect-timeout", "\"4s\""),
@@ -400,6 +401,7 @@ mod tests {
             assert_eq!(tls.key, PathBuf::from("/etc/b/me-key.pem"));
             assert!(tls.allow_loose_key_permissions);
             assert!(tls.tls12);
+            assert_eq!(tls.crls, vec![PathBuf::from("/etc/b/edge.crl"), PathBuf::from("/etc/b/relay.crl")]);
             assert_eq!(tls.reload_interval, Duration::from_secs(7));
             assert_eq!(tuning.connect_wait, Duration::from_secs(21));
             assert_eq!(tuning.connect_timeout, Duration::from_secs(4));

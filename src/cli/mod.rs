@@ -5,3 +5,4 @@
 pub mod args;
 pub mod file;
 pub mod logging;
+pub mod policy;

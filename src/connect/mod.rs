@@ -5,6 +5,7 @@
 pub mod dialer;
 pub mod open;
 pub mod quiet_unix;
+pub mod severable;
 pub mod tcp;
 pub mod tls;
 pub mod uds;

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector as RustlsConnector;
 
+use super::severable::LiveUpstreams;
 use super::tcp::connect_tcp;
 use super::{BoxIo, ConnectError};
 use crate::describe::describe_tls_io_error;
@@ -22,6 +23,9 @@ pub struct TlsConnector {
     /// The name the server's certificate must carry.
     pub server_name: ServerName<'static>,
     pub config: Arc<ArcSwap<rustls::ClientConfig>>,
+    /// Where open connections are registered, so that a reload revoking
+    /// the server's certificate can sever them (the shim's upstreams).
+    pub live: Option<LiveUpstreams>,
 }
 
 impl TlsConnector {
@@ -51,7 +55,14 @@ impl TlsConnector {
             };
             let connector = RustlsConnector::from(self.config.load_full());
             return match tokio::time::timeout(timeout, connector.connect(self.server_name.clone(), tcp)).await {
-                Ok(Ok(stream)) => Ok(Box::new(stream)),
+                Ok(Ok(stream)) => match &self.live {
+                    Some(live) => {
+                        let chain = stream.get_ref().1.peer_certificates().unwrap_or_default().to_vec();
+                        let chain = chain.into_iter().map(|c| c.into_owned()).collect();
+                        Ok(Box::new(live.wrap(stream, chain, self.server_name.clone(), addr.to_string())))
+                    }
+                    None => Ok(Box::new(stream)),
+                },
                 Ok(Err(e)) => Err(ConnectError(format!("TLS handshake failed: {}", describe_tls_io_error(&e)))),
                 Err(_) => {
                     Err(ConnectError(format!("TLS handshake with {addr}: no answer within {} ms", timeout.as_millis())))

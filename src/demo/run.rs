@@ -45,6 +45,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             }],
             any_client: None,
             settings: RoleSettings { drain_timeout: DRAIN, ..RoleSettings::default() },
+            policy_source: None,
         },
         shutdown.clone(),
     )

@@ -56,15 +56,16 @@ where
         self.to_client.push_back(GoAway::with_debug_data(last, reason, debug).into());
     }
 
-    /// The drain time is up: every call still open ends `UNAVAILABLE`
-    /// naming the shutdown (cancelled at the next hop), the final GOAWAY
-    /// goes out, and the connection closes once that is written (the
-    /// process waits for it only briefly).
-    pub(super) fn stop(&mut self) {
+    /// The connection ends now: every call still open ends with `status`
+    /// (cancelled at the next hop), the final GOAWAY goes out, and the
+    /// connection closes once that is written. When the drain time is up
+    /// the status is `UNAVAILABLE` naming the shutdown (the process waits
+    /// for the write only briefly); when a reload cuts the connection, it
+    /// names the revoked certificate or the identity no longer admitted.
+    pub(super) fn stop(&mut self, status: BridgeStatus) {
         let ids: Vec<StreamId> = self.calls.keys().copied().collect();
         for id in ids {
-            let status = BridgeStatus::new(Code::Unavailable, self.forwarder.shutting_down().to_string());
-            self.end_call(id, status, true);
+            self.end_call(id, status.clone(), true);
         }
         self.goodbye = None;
         self.said_goodbye = true;

@@ -49,8 +49,10 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::admit::policy::Caller;
+use crate::admit::sessions::Cut;
 use crate::admit::Forwarder;
 use crate::connect::dialer::Dialer;
+use crate::grpc::status::{BridgeStatus, Code};
 use crate::shutdown::Shutdown;
 
 use calls::Call;
@@ -130,6 +132,9 @@ pub struct FrameRelay<C> {
     resets: ResetBudget,
     draining: Pin<Box<WaitForCancellationFutureOwned>>,
     stopping: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// This connection cut by a reload (its certificate revoked, its
+    /// identity no longer admitted), and why.
+    cut: Option<(Pin<Box<WaitForCancellationFutureOwned>>, Cut)>,
     drain_seen: bool,
     /// A graceful goodbye under way: the PING payload that ends it, and
     /// when it ends anyway.
@@ -149,7 +154,8 @@ where
 {
     /// A relay for a client whose preface was read. The bridge's own
     /// SETTINGS go to the client at once; the next hop is dialled (unless
-    /// `dial` is false: then every call is answered here).
+    /// `dial` is false: then every call is answered here). When `cut`
+    /// fires, the connection ends the way a stop does, with its status.
     pub fn new(
         client: C,
         forwarder: Forwarder,
@@ -157,6 +163,7 @@ where
         limits: &Limits,
         shutdown: &Shutdown,
         dial: bool,
+        cut: Option<Cut>,
     ) -> Self {
         let mut client = Codec::new(client);
         client.set_max_recv_header_list_size(limits.max_header_list_size as usize);
@@ -199,6 +206,7 @@ where
             resets: ResetBudget::new(now),
             draining: Box::pin(shutdown.draining().clone().cancelled_owned()),
             stopping: Box::pin(shutdown.stopping().clone().cancelled_owned()),
+            cut: cut.map(|cut| (Box::pin(cut.token().clone().cancelled_owned()), cut)),
             drain_seen: false,
             goodbye: None,
             said_goodbye: false,
@@ -269,8 +277,19 @@ where
     fn poll_signals(&mut self, cx: &mut Context<'_>) -> bool {
         let mut busy = false;
         if !self.closing && self.stopping.as_mut().poll(cx).is_ready() {
-            self.stop();
+            let status = BridgeStatus::new(Code::Unavailable, self.forwarder.shutting_down().to_string());
+            self.stop(status);
             return true;
+        }
+        if let Some((cut, why)) = self.cut.as_mut().filter(|_| !self.closing) {
+            if cut.as_mut().poll(cx).is_ready() {
+                let status = why.status().cloned().unwrap_or_else(|| {
+                    BridgeStatus::new(Code::Unavailable, format!("{}: connection closed", self.forwarder.role()))
+                });
+                self.cut = None;
+                self.stop(status);
+                return true;
+            }
         }
         if !self.drain_seen && self.draining.as_mut().poll(cx).is_ready() {
             self.drain_seen = true;

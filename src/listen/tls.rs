@@ -63,7 +63,8 @@ pub async fn run(
         let handshakes = handshakes.clone();
         let task_shutdown = shutdown.clone();
         shutdown.tasks().spawn(async move {
-            let Some((stream, caller)) = handshake(acceptor, tcp, remote, &settings, forwarder.metrics()).await else {
+            let Some((stream, caller, chain)) = handshake(acceptor, tcp, remote, &settings, forwarder.metrics()).await
+            else {
                 return;
             };
             let _known = handshakes.established(slot);
@@ -77,7 +78,13 @@ pub async fn run(
                 tracing::info!(%remote, client = %caller, "client connected");
             }
             let peer = format!("{remote} ({caller})");
-            crate::pipeline::serve_connection(stream, forwarder, caller, &settings, &task_shutdown, &peer).await;
+            // Registered, so that a reload revoking its certificate or no
+            // longer admitting its identity can cut it.
+            let session = match &caller {
+                Caller::Tls(identity) => Some(forwarder.sessions().open(identity.clone(), chain, remote.to_string())),
+                Caller::Local { .. } => None,
+            };
+            crate::pipeline::serve_session(stream, forwarder, caller, session, &settings, &task_shutdown, &peer).await;
             tracing::debug!(%peer, "client disconnected");
         });
     }
@@ -117,7 +124,11 @@ async fn handshake(
     remote: SocketAddr,
     settings: &ServerSettings,
     metrics: &Metrics,
-) -> Option<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Caller)> {
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Caller,
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+)> {
     let attempt = async {
         if refuse_non_tls(&tcp, remote).await.is_none() {
             metrics.handshake_failed("not_tls");
@@ -140,12 +151,14 @@ async fn handshake(
         Ok(Some(Ok(stream))) => stream,
     };
     let (_, session) = stream.get_ref();
-    let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) else {
+    let chain: Vec<_> =
+        session.peer_certificates().unwrap_or_default().iter().map(|c| c.clone().into_owned()).collect();
+    let Some(leaf) = chain.first() else {
         tracing::warn!(%remote, "TLS client presented no certificate; connection closed");
         return None;
     };
     match PeerIdentity::from_der(leaf.as_ref()) {
-        Ok(identity) => Some((stream, Caller::Tls(Arc::new(identity)))),
+        Ok(identity) => Some((stream, Caller::Tls(Arc::new(identity)), chain)),
         Err(e) => {
             tracing::warn!(%remote, error = %e, "cannot read the client certificate's identity; connection closed");
             None

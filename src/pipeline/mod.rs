@@ -11,6 +11,7 @@ use std::time::Duration;
 pub mod preface;
 
 use crate::admit::policy::Caller;
+use crate::admit::sessions::Session;
 use crate::admit::Forwarder;
 use crate::connect::Io;
 use crate::frames::{FrameRelay, Limits};
@@ -65,6 +66,20 @@ pub async fn serve_connection<I: Io>(
     shutdown: &Shutdown,
     peer: &str,
 ) {
+    serve_session(io, forwarder, caller, None, settings, shutdown, peer).await
+}
+
+/// [`serve_connection`] for a connection registered as `session` (the
+/// relay's TLS clients): a reload may cut it.
+pub async fn serve_session<I: Io>(
+    io: I,
+    forwarder: Forwarder,
+    caller: Caller,
+    session: Option<Session>,
+    settings: &ServerSettings,
+    shutdown: &Shutdown,
+    peer: &str,
+) {
     let Some(mut io) = opening(io, settings, forwarder.metrics(), peer).await else {
         return;
     };
@@ -81,7 +96,9 @@ pub async fn serve_connection<I: Io>(
         max_concurrent_streams: settings.max_concurrent_streams,
         keepalive: settings.keepalive_interval.map(|every| (every, settings.keepalive_timeout)),
     };
-    FrameRelay::new(io, forwarder, caller, &limits, shutdown, dial).run().await;
+    let cut = session.as_ref().map(|s| s.cut().clone());
+    FrameRelay::new(io, forwarder, caller, &limits, shutdown, dial, cut).run().await;
+    drop(session);
     tracing::debug!(peer, "connection ended");
 }
 

@@ -10,13 +10,13 @@ use time::{Duration, OffsetDateTime};
 use super::leaf::{Leaf, LeafSpec};
 use super::{check_common_name, distinguished_name, generate_error, generate_key, PkiError, BACKDATE};
 
-const CA_LIFETIME: Duration = Duration::days(3650);
+pub(super) const CA_LIFETIME: Duration = Duration::days(3650);
 
 /// A certificate authority held in memory: its self-signed certificate and
 /// its signing key.
 pub struct Ca {
-    common_name: String,
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    pub(super) common_name: String,
+    pub(super) issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Ca {

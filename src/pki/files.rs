@@ -31,7 +31,7 @@ pub const DEFAULT_CLIENT_NAMES: &[&str] = &["openshell-gateway"];
 /// Subject of the development CA, saying plainly what it is.
 pub const DEV_CA_NAME: &str = "openshell-driver-bridge development CA";
 
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PkiError + 'a {
+pub(super) fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PkiError + 'a {
     move |source| PkiError::Io { action, path: path.to_owned(), source }
 }
 
@@ -170,20 +170,20 @@ pub fn init(
     Ok(paths)
 }
 
-fn server_spec(names: &[String]) -> LeafSpec {
+pub(super) fn server_spec(names: &[String]) -> LeafSpec {
     let names: Vec<&str> =
         if names.is_empty() { DEFAULT_SERVER_NAMES.to_vec() } else { names.iter().map(String::as_str).collect() };
     LeafSpec::server(&names)
 }
 
-fn client_spec(names: &[String]) -> LeafSpec {
+pub(super) fn client_spec(names: &[String]) -> LeafSpec {
     let names: Vec<&str> =
         if names.is_empty() { DEFAULT_CLIENT_NAMES.to_vec() } else { names.iter().map(String::as_str).collect() };
     let (first, rest) = names.split_first().unwrap_or((&DEFAULT_CLIENT_NAMES[0], &[]));
     rest.iter().fold(LeafSpec::client(first), |spec, name| spec.with_dns(name))
 }
 
-fn ensure_private_dir(out: &Path) -> Result<(), PkiError> {
+pub(super) fn ensure_private_dir(out: &Path) -> Result<(), PkiError> {
     match fs::metadata(out) {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(PkiError::NotADirectory { path: out.to_owned() }),

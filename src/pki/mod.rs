@@ -17,10 +17,14 @@
 //! how it is made, `files.rs` writing PEM files and the `certs init` set.
 
 mod ca;
+mod crl;
 mod files;
 #[cfg(test)]
 mod fixtures;
+pub mod intermediate;
 mod leaf;
+
+pub use crl::serial_of;
 
 use std::io;
 use std::path::PathBuf;

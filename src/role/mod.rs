@@ -3,6 +3,7 @@
 //! limits, forwarding options, the drain time and the admin endpoint.
 
 pub mod admin;
+pub mod policy_reload;
 pub mod relay;
 pub mod shim;
 

@@ -14,9 +14,11 @@ use crate::admit::policy::{Access, Policy, Rule};
 use crate::admit::Forwarder;
 use crate::connect::dialer::{Dialer, Target};
 use crate::connect::Connector;
+use crate::role::policy_reload::PolicySource;
 use crate::role::RoleSettings;
 use crate::shutdown::Shutdown;
-use crate::tls::config::{describe_certificate, server_config, TlsFiles};
+use crate::tls::config::{client_verifier, describe_certificate, server_config, TlsFiles};
+use crate::tls::reload::ReloadHooks;
 
 /// Where the real driver listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +70,9 @@ pub struct RelayConfig {
     pub rules: Vec<Rule>,
     pub any_client: Option<Access>,
     pub settings: RoleSettings,
+    /// With `--config FILE`: where the access policy is re-read on SIGHUP
+    /// or a change of the file.
+    pub policy_source: Option<PolicySource>,
 }
 
 impl RelayConfig {
@@ -120,14 +125,26 @@ pub async fn start(mut config: RelayConfig, shutdown: Shutdown) -> anyhow::Resul
     let dialer = Dialer::new("driver", vec![driver_target(&config.driver)], config.settings.dial.clone());
     let policy = Policy::Clients { rules: config.rules.clone(), any_client: config.any_client };
     let forwarder = Forwarder::new("relay", dialer, policy, config.settings.forward.clone());
+    let mut hooks =
+        ReloadHooks::new(Arc::new(forwarder.metrics().expiry_sink()), Arc::new(forwarder.metrics().crl_sink()));
+    let sessions = forwarder.clone();
+    hooks.swapped = Arc::new(move |files| cut_revoked(&sessions, files));
     let certificate = crate::tls::reload::keep_current(
         "relay server certificate",
         &config.tls,
         tls.clone(),
         server_config,
-        Arc::new(forwarder.metrics().expiry_sink()),
+        hooks,
         shutdown.clone(),
     );
+    if let Some(source) = config.policy_source.clone() {
+        crate::role::policy_reload::keep_current(
+            source,
+            forwarder.clone(),
+            config.tls.reload_interval,
+            shutdown.clone(),
+        );
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: cannot bind: {e}", config.listen))?;
@@ -153,6 +170,30 @@ pub async fn start(mut config: RelayConfig, shutdown: Shutdown) -> anyhow::Resul
         shutdown,
     ));
     Ok(RunningRelay { local_addr, forwarder, tls, task, admin })
+}
+
+/// After new TLS material (a new `--crl`) is in force: the connections
+/// whose client certificate it revokes are cut, each logged.
+fn cut_revoked(forwarder: &Forwarder, files: &TlsFiles) {
+    if files.crls.is_empty() || forwarder.sessions().is_empty() {
+        return;
+    }
+    let verifier = match client_verifier(files) {
+        Ok(verifier) => verifier,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check open connections against the reloaded CRLs");
+            return;
+        }
+    };
+    for cut in forwarder.sessions().cut_revoked(verifier.as_ref(), forwarder.role()) {
+        tracing::warn!(
+            remote = %cut.peer,
+            client = %cut.identity,
+            serial = %cut.serial,
+            issuer = %cut.issuer,
+            "client certificate revoked by the reloaded CRL; its connection is closed (its calls end UNAVAILABLE)"
+        );
+    }
 }
 
 fn driver_target(driver: &DriverTarget) -> Target {

@@ -12,13 +12,15 @@ use rustls::pki_types::ServerName;
 use crate::admit::policy::Policy;
 use crate::admit::Forwarder;
 use crate::connect::dialer::{Dialer, Target};
+use crate::connect::severable::LiveUpstreams;
 use crate::connect::{tls::TlsConnector, Connector};
 use crate::listen::uds::{self, PrivateSocket};
 use crate::pipeline::ServerSettings;
 use crate::role::RoleSettings;
 use crate::shutdown::Shutdown;
-use crate::tls::config::{client_config, describe_certificate, TlsFiles};
+use crate::tls::config::{client_config, describe_certificate, server_verifier, TlsFiles};
 use crate::tls::identity::IdentityPattern;
+use crate::tls::reload::ReloadHooks;
 
 /// An upstream as given by `--upstream https://HOST:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,10 +103,12 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
     // Local peers are checked by credentials at once: no handshakes to budget.
     crate::listen::fds::fit_connections(&mut config.settings.server, 0)?;
     let tls = Arc::new(ArcSwap::from_pointee(client_config(&config.tls, &config.expect_server)?));
+    // The upstream connections open now, which a reloaded CRL may sever.
+    let live = LiveUpstreams::default();
     let targets = config
         .upstreams
         .iter()
-        .map(|upstream| target_for(upstream, config.server_name.as_deref(), &tls))
+        .map(|upstream| target_for(upstream, config.server_name.as_deref(), &tls, &live))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let dialer = Dialer::new("upstream", targets, config.settings.dial.clone());
     let forwarder = Forwarder::new("shim", dialer, Policy::LocalPeers, config.settings.forward.clone());
@@ -114,7 +118,10 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
         &config.tls,
         tls.clone(),
         move |files| client_config(files, &expect),
-        Arc::new(forwarder.metrics().expiry_sink()),
+        ReloadHooks {
+            swapped: Arc::new(move |files| sever_revoked(&live, files)),
+            ..ReloadHooks::new(Arc::new(forwarder.metrics().expiry_sink()), Arc::new(forwarder.metrics().crl_sink()))
+        },
         shutdown.clone(),
     );
     let socket = PrivateSocket::bind(&config.socket, &config.allow_uids)?;
@@ -136,10 +143,31 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
     Ok(RunningShim { socket: config.socket, forwarder, tls, task, admin })
 }
 
+/// After new TLS material (a new `--crl`) is in force: the upstream
+/// connections whose relay certificate it revokes are severed, each logged;
+/// their calls end `UNAVAILABLE` naming the revocation and the redial is
+/// refused at the handshake.
+fn sever_revoked(live: &LiveUpstreams, files: &TlsFiles) {
+    if files.crls.is_empty() || live.is_empty() {
+        return;
+    }
+    let verifier = match server_verifier(files) {
+        Ok(verifier) => verifier,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check open upstream connections against the reloaded CRLs");
+            return;
+        }
+    };
+    for severed in live.sever_revoked(verifier.as_ref()) {
+        tracing::warn!(upstream = %severed.address, reason = %severed.reason, "upstream connection closed: the reloaded CRL revokes the relay's certificate");
+    }
+}
+
 fn target_for(
     upstream: &Upstream,
     server_name: Option<&str>,
     tls: &Arc<ArcSwap<rustls::ClientConfig>>,
+    live: &LiveUpstreams,
 ) -> anyhow::Result<Target> {
     let name = server_name.unwrap_or(&upstream.host).to_owned();
     let server_name = ServerName::try_from(name.clone())
@@ -147,7 +175,12 @@ fn target_for(
     let authority: Authority =
         upstream.authority().parse().map_err(|e| anyhow::anyhow!("--upstream {}: {e}", upstream.authority()))?;
     Ok(Target {
-        connector: Connector::Tls(TlsConnector { address: upstream.authority(), server_name, config: tls.clone() }),
+        connector: Connector::Tls(TlsConnector {
+            address: upstream.authority(),
+            server_name,
+            config: tls.clone(),
+            live: Some(live.clone()),
+        }),
         scheme: Scheme::HTTPS,
         authority,
         label: format!("upstream {}", upstream.authority()),

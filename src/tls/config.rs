@@ -11,11 +11,13 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
 
+use crate::tls::crl;
 use crate::tls::identity::{IdentityPattern, PeerIdentity};
 use crate::tls::material;
 
@@ -30,6 +32,8 @@ pub struct TlsFiles {
     pub tls12: bool,
     /// How often the files are checked for a change (SIGHUP reloads at once).
     pub reload_interval: std::time::Duration,
+    /// Certificate revocation lists (`--crl`) the peer's certificate is checked against.
+    pub crls: Vec<PathBuf>,
 }
 
 impl TlsFiles {
@@ -43,11 +47,14 @@ impl TlsFiles {
             allow_loose_key_permissions: false,
             tls12: false,
             reload_interval: std::time::Duration::from_secs(5),
+            crls: Vec::new(),
         }
     }
 
     pub fn paths(&self) -> Vec<PathBuf> {
-        vec![self.ca.clone(), self.cert.clone(), self.key.clone()]
+        let mut paths = vec![self.ca.clone(), self.cert.clone(), self.key.clone()];
+        paths.extend(self.crls.iter().cloned());
+        paths
     }
 }
 
@@ -87,12 +94,9 @@ pub fn client_config(
     files: &TlsFiles,
     expect_server: &[IdentityPattern],
 ) -> Result<rustls::ClientConfig, TlsConfigError> {
-    let roots = material::load_roots("--ca", &files.ca)?;
     let identity = load_identity(files)?;
     let provider = provider();
-    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsConfigError(format!("--ca {}: {e}", files.ca.display())))?;
+    let webpki = server_verifier(files)?;
     let verifier: Arc<dyn ServerCertVerifier> = if expect_server.is_empty() {
         webpki
     } else {
@@ -112,12 +116,9 @@ pub fn client_config(
 /// chains to `ca`. Which identities may call what is policy's business,
 /// decided after the handshake.
 pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsConfigError> {
-    let roots = material::load_roots("--ca", &files.ca)?;
     let identity = load_identity(files)?;
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsConfigError(format!("--ca {}: {e}", files.ca.display())))?;
+    let verifier = client_verifier(files)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(files.tls12))
         .map_err(|e| TlsConfigError(format!("TLS versions: {e}")))?
@@ -125,6 +126,61 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsConfig
         .with_cert_resolver(Arc::new(FixedCert(identity)));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(config)
+}
+
+/// How the relay verifies client certificates: chained to `--ca` (through
+/// intermediates the client presents), and not revoked by a `--crl` of
+/// their issuer. Also what live connections are checked against after a
+/// reload.
+pub fn client_verifier(files: &TlsFiles) -> Result<Arc<dyn ClientCertVerifier>, TlsConfigError> {
+    let roots = Arc::new(material::load_roots("--ca", &files.ca)?);
+    let crls = crl::load_all(&files.crls)?;
+    let build = |crls: Vec<CertificateRevocationListDer<'static>>| {
+        let mut builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+        if !crls.is_empty() {
+            builder = builder.with_crls(crls).only_check_end_entity_revocation().allow_unknown_revocation_status();
+        }
+        builder.build()
+    };
+    build(crls.iter().map(|c| c.der.clone()).collect())
+        .map_err(|e| verifier_error(files, &crls, e, |one| build(one).err()))
+}
+
+/// How the shim verifies the relay's certificate: chained to `--ca`, valid
+/// for the name, and not revoked by a `--crl` of its issuer.
+pub fn server_verifier(files: &TlsFiles) -> Result<Arc<WebPkiServerVerifier>, TlsConfigError> {
+    let roots = Arc::new(material::load_roots("--ca", &files.ca)?);
+    let crls = crl::load_all(&files.crls)?;
+    let build = |crls: Vec<CertificateRevocationListDer<'static>>| {
+        let mut builder = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider());
+        if !crls.is_empty() {
+            builder = builder.with_crls(crls).only_check_end_entity_revocation().allow_unknown_revocation_status();
+        }
+        builder.build()
+    };
+    build(crls.iter().map(|c| c.der.clone()).collect())
+        .map_err(|e| verifier_error(files, &crls, e, |one| build(one).err()))
+}
+
+/// Names the file of a CRL webpki refuses (tried one by one), else `--ca`.
+fn verifier_error(
+    files: &TlsFiles,
+    crls: &[crl::Crl],
+    error: rustls::server::VerifierBuilderError,
+    alone: impl Fn(Vec<CertificateRevocationListDer<'static>>) -> Option<rustls::server::VerifierBuilderError>,
+) -> TlsConfigError {
+    if let rustls::server::VerifierBuilderError::InvalidCrl(_) = error {
+        for one in crls {
+            if let Some(e) = alone(vec![one.der.clone()]) {
+                return TlsConfigError(format!(
+                    "{} {}: not a usable certificate revocation list ({e})",
+                    crl::FLAG,
+                    one.file.display()
+                ));
+            }
+        }
+    }
+    TlsConfigError(format!("--ca {}: {error}", files.ca.display()))
 }
 
 /// Loads this side's certificate and key: they must match, and the

@@ -129,6 +129,7 @@ pub fn relay_config(pki: &TestPki, driver: DriverTarget) -> RelayConfig {
         rules: vec![Rule { pattern: format!("dns:{GATEWAY_ID}").parse().unwrap(), access: Access::Full }],
         any_client: None,
         settings: quick_settings(),
+        policy_source: None,
     }
 }
 
@@ -443,6 +444,7 @@ pub async fn relay_tls(addr: SocketAddr, pki: &TestPki) -> openshell_driver_brid
         address: addr.to_string(),
         server_name: rustls::pki_types::ServerName::try_from("localhost").unwrap(),
         config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
+        live: None,
     };
     connector.connect(Duration::from_secs(5)).await.unwrap()
 }

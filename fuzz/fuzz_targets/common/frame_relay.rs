@@ -130,6 +130,7 @@ fn world() -> &'static World {
                 tls: TlsFiles::new(path("ca.pem"), &server.0, &server.1),
                 rules: vec![Rule { pattern: "dns:openshell-gateway".parse().expect("pattern"), access: Access::Full }],
                 any_client: None,
+                policy_source: None,
                 settings,
             };
             relay::start(config, shutdown.clone()).await.expect("relay starts").local_addr
@@ -139,6 +140,7 @@ fn world() -> &'static World {
             address: relay.to_string(),
             server_name: ServerName::try_from("localhost").expect("name"),
             config: Arc::new(arc_swap::ArcSwap::from_pointee(tls)),
+            live: None,
         };
         World { runtime, relay, connector, script, accepted, ended, _shutdown: shutdown, _dir: dir }
     })

@@ -202,6 +202,32 @@ impl Collector for Scrape {
         for (file, not_after) in lock(&metrics.certificates).iter() {
             family.encode_family(&[("role", role), ("file", file.as_str())])?.encode_gauge(not_after)?;
         }
+        let crls = lock(&metrics.crls).clone();
+        if !crls.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "openshell_bridge_crl_next_update_timestamp_seconds",
+                "When each certificate revocation list in use should be superseded (its nextUpdate, Unix time).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (file, next_update) in crls.iter() {
+                family.encode_family(&[("role", role), ("file", file.as_str())])?.encode_gauge(next_update)?;
+            }
+        }
+        let reloads = lock(&metrics.policy_reloads).clone();
+        if !reloads.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "openshell_bridge_policy_reloads",
+                "Access policy reloads (SIGHUP or a change of --config) by result.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, count) in reloads.iter() {
+                family
+                    .encode_family(&[("role", role), ("result", *result)])?
+                    .encode_counter::<NoLabelSet, _, u64>(count, None)?;
+            }
+        }
         Ok(())
     }
 }

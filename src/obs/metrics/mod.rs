@@ -111,6 +111,10 @@ pub struct Metrics {
     refused: Mutex<BTreeMap<Refusal, u64>>,
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     certificates: Mutex<BTreeMap<String, i64>>,
+    /// nextUpdate of each CRL file in use.
+    crls: Mutex<BTreeMap<String, i64>>,
+    /// Access policy reloads by result (`ok`, `refused`).
+    policy_reloads: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -124,10 +128,30 @@ impl Metrics {
             refused: Mutex::default(),
             handshake_failures: Mutex::default(),
             certificates: Mutex::default(),
+            crls: Mutex::default(),
+            policy_reloads: Mutex::default(),
         }
     }
 
     /// Where the TLS reloader tells the expiry of the certificates in use.
+    /// Where the TLS reloader tells the nextUpdate of the CRLs in use.
+    pub fn crl_sink(self: &Arc<Self>) -> impl Fn(&str, i64) + Send + Sync + 'static {
+        let metrics = self.clone();
+        move |file: &str, next_update: i64| {
+            lock(&metrics.crls).insert(file.to_owned(), next_update);
+        }
+    }
+
+    /// An access policy reload, `ok` or `refused`.
+    pub fn policy_reloaded(&self, result: &'static str) {
+        *lock(&self.policy_reloads).entry(result).or_insert(0) += 1;
+    }
+
+    /// Access policy reloads counted so far with `result`.
+    pub fn policy_reloads(&self, result: &str) -> u64 {
+        lock(&self.policy_reloads).get(result).copied().unwrap_or(0)
+    }
+
     pub fn expiry_sink(self: &Arc<Self>) -> impl Fn(&str, i64) + Send + Sync + 'static {
         let metrics = self.clone();
         move |file: &str, not_after: i64| metrics.certificate(file, not_after)
