@@ -45,6 +45,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             }],
             any_client: None,
             settings: RoleSettings { drain_timeout: DRAIN, ..RoleSettings::default() },
+            callback: None,
         },
         shutdown.clone(),
     )
@@ -59,6 +60,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             tls: tls_files(&pki.ca, &pki.client_cert, &pki.client_key),
             allow_uids: vec![],
             settings: RoleSettings { drain_timeout: DRAIN, ..RoleSettings::default() },
+            callback: None,
         },
         shutdown.clone(),
     )?;

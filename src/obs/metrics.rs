@@ -162,6 +162,8 @@ pub struct Metrics {
     refused: Mutex<BTreeMap<Refusal, u64>>,
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     certificates: Mutex<BTreeMap<String, i64>>,
+    /// The way back (sandboxes calling the gateway), when the role serves it.
+    pub callback: crate::callback::metrics::CallbackMetrics,
 }
 
 impl Metrics {
@@ -175,6 +177,7 @@ impl Metrics {
             refused: Mutex::default(),
             handshake_failures: Mutex::default(),
             certificates: Mutex::default(),
+            callback: Default::default(),
         }
     }
 
@@ -386,6 +389,8 @@ impl Collector for Scrape {
         for (file, not_after) in lock(&metrics.certificates).iter() {
             family.encode_family(&[("role", role), ("file", file.as_str())])?.encode_gauge(not_after)?;
         }
+        drop(family);
+        metrics.callback.encode(role, &mut encoder)?;
         Ok(())
     }
 }

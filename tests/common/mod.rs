@@ -128,6 +128,7 @@ pub fn relay_config(pki: &TestPki, driver: DriverTarget) -> RelayConfig {
         rules: vec![Rule { pattern: format!("dns:{GATEWAY_ID}").parse().unwrap(), access: Access::Full }],
         any_client: None,
         settings: quick_settings(),
+        callback: None,
     }
 }
 
@@ -140,6 +141,7 @@ pub fn shim_config(pki: &TestPki, socket: &Path, relay: SocketAddr) -> ShimConfi
         tls: pki.client_tls(),
         allow_uids: vec![],
         settings: quick_settings(),
+        callback: None,
     }
 }
 
