@@ -189,7 +189,9 @@ impl CallbackMetrics {
             MetricType::Counter,
         )?;
         for (why, n) in lock(&self.refused).iter() {
-            family.encode_family(&[("role", role), ("reason", why.label())])?.encode_counter::<NoLabelSet, _, u64>(n, None)?;
+            family
+                .encode_family(&[("role", role), ("reason", why.label())])?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
         }
         encoder
             .encode_descriptor(

@@ -68,11 +68,7 @@ struct Link {
 }
 
 impl Hub {
-    pub fn new(
-        callback: &RelayCallback,
-        keepalive: Option<(Duration, Duration)>,
-        metrics: Arc<Metrics>,
-    ) -> Hub {
+    pub fn new(callback: &RelayCallback, keepalive: Option<(Duration, Duration)>, metrics: Arc<Metrics>) -> Hub {
         metrics.callback.enable(false, Box::new(|| "no shim has connected".into()));
         Hub {
             inner: Arc::new(Inner {
@@ -197,7 +193,8 @@ impl Hub {
             };
             // The stream carries no address: the shim connects to its own
             // --callback-target, whatever a request says.
-            let request = http::Request::builder().method("POST").uri("https://callback/").body(()).expect("static request");
+            let request =
+                http::Request::builder().method("POST").uri("https://callback/").body(()).expect("static request");
             let opened = sender.and_then(|mut sender| sender.send_request(request, false).ok());
             let Some((response, send)) = opened else {
                 // The link is going away (GOAWAY) or gone: use the next.
@@ -208,9 +205,14 @@ impl Hub {
                 Ok(Ok(response)) if response.status() == http::StatusCode::OK => Ok((send, response.into_body())),
                 Ok(Ok(response)) => Err((
                     Refusal::GatewayUnreachable,
-                    format!("the shim could not reach the gateway (answer {}; its log names --callback-target)", response.status()),
+                    format!(
+                        "the shim could not reach the gateway (answer {}; its log names --callback-target)",
+                        response.status()
+                    ),
                 )),
-                Ok(Err(e)) => Err((Refusal::GatewayUnreachable, format!("the shim ended the stream: {}", super::describe_h2(&e)))),
+                Ok(Err(e)) => {
+                    Err((Refusal::GatewayUnreachable, format!("the shim ended the stream: {}", super::describe_h2(&e))))
+                }
                 Err(_) => Err((Refusal::GatewayUnreachable, "the shim did not answer within 10 s".into())),
             };
         }

@@ -184,7 +184,8 @@ async fn serve_stream(recv: RecvStream, mut respond: SendResponse<Bytes>, servin
                     "callback: cannot reach the gateway at --callback-target {target}: {why}; the sandbox's connection was closed"
                 );
             }
-            let refused = http::Response::builder().status(http::StatusCode::BAD_GATEWAY).body(()).expect("static response");
+            let refused =
+                http::Response::builder().status(http::StatusCode::BAD_GATEWAY).body(()).expect("static response");
             let _ = respond.send_response(refused, true);
             return;
         }
@@ -219,7 +220,9 @@ mod tests {
         assert!(parse_target("127.0.0.1:8080").is_ok());
         assert!(parse_target("gateway.local:443").is_ok());
         assert!(parse_target("[::1]:8080").is_ok());
-        for (bad, why) in [("127.0.0.1", "no port"), ("host:0", "not a port"), (":80", "not a host"), ("::1:80", "not a host")] {
+        for (bad, why) in
+            [("127.0.0.1", "no port"), ("host:0", "not a port"), (":80", "not a host"), ("::1:80", "not a host")]
+        {
             let err = parse_target(bad).unwrap_err();
             assert!(err.contains(why) && err.contains("--callback-target"), "{bad}: {err}");
         }

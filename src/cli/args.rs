@@ -304,10 +304,9 @@ impl ShimArgs {
             .collect::<Result<Vec<_>, _>>()?;
         let callback_settings = self.callback.settings()?;
         let callback = match &self.callback_target {
-            Some(target) => Some(ShimCallback {
-                target: crate::callback::shim::parse_target(target)?,
-                settings: callback_settings,
-            }),
+            Some(target) => {
+                Some(ShimCallback { target: crate::callback::shim::parse_target(target)?, settings: callback_settings })
+            }
             None => None,
         };
         Ok(ShimConfig {

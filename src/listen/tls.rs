@@ -18,11 +18,11 @@ use super::limit::ConnectionLimit;
 use crate::admit::policy::Caller;
 use crate::admit::Forwarder;
 use crate::callback::relay::Hub;
-use crate::tls::config::ALPN_CALLBACK;
 use crate::obs::fold::Fold;
 use crate::obs::metrics::{Metrics, Refusal};
 use crate::pipeline::ServerSettings;
 use crate::shutdown::Shutdown;
+use crate::tls::config::ALPN_CALLBACK;
 use crate::tls::identity::PeerIdentity;
 
 /// Accepts TLS clients on `listener` until draining begins. Handshakes in

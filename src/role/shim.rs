@@ -11,13 +11,13 @@ use rustls::pki_types::ServerName;
 
 use crate::admit::policy::Policy;
 use crate::admit::Forwarder;
+use crate::callback::shim::ShimCallback;
 use crate::connect::dialer::{Dialer, Target};
 use crate::connect::{tls::TlsConnector, Connector};
 use crate::listen::uds::{self, PrivateSocket};
 use crate::pipeline::ServerSettings;
 use crate::role::RoleSettings;
 use crate::shutdown::Shutdown;
-use crate::callback::shim::ShimCallback;
 use crate::tls::config::{client_config, describe_certificate, with_alpn, TlsFiles, ALPN_CALLBACK};
 use crate::tls::identity::IdentityPattern;
 
