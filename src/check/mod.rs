@@ -70,6 +70,8 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// server answers with its own SETTINGS.
 const EMPTY_SETTINGS_FRAME: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
 
+mod callback;
+
 // ---------------------------------------------------------------------------
 // Command line
 
@@ -229,6 +231,7 @@ async fn check_shim(args: &ShimArgs, timeout: Duration, report: &mut Report) {
         let link = LinkCheck { upstream, name, tls: &tls, files: &config.tls, identity: identity.as_ref(), timeout };
         link.run(report).await;
     }
+    callback::check_shim(&config, timeout, report).await;
 }
 
 fn describe_shim(config: &ShimConfig) -> String {
@@ -657,6 +660,7 @@ async fn check_relay(args: &RelayArgs, timeout: Duration, report: &mut Report) {
         None => report.record("peer-name", Outcome::Skip("our certificate is unusable (see above)".into())),
     };
     report.record("listen", check_listen(config.listen));
+    callback::check_relay(&config, report);
     let started = Instant::now();
     match connect_driver(&config.driver, timeout).await {
         Ok(()) => {
