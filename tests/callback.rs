@@ -664,3 +664,92 @@ async fn drain_closes_callback_connections_after_the_drain_timeout() {
         started.elapsed()
     );
 }
+
+/// Runs the binary with `args` to its end; exit code and output.
+async fn run_binary(args: &[String]) -> (Option<i32>, String) {
+    let mut bridge = common::process::Bridge::spawn("cli", args, &[]);
+    let code = bridge.wait_exit(Duration::from_secs(30)).await;
+    (code, bridge.output())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_the_callback_path() {
+    let (dir, pki) = Way::pki();
+    let gateway = echo_gateway(&pki).await;
+    let way = Way::start(dir, pki, gateway.addr).await;
+    let tls = |(cert, key): &(std::path::PathBuf, std::path::PathBuf)| {
+        common::process::tls_args(&way.pki.ca_file, &(cert.clone(), key.clone()))
+    };
+    let mut shim: Vec<String> = ["check", "shim", "--socket"].map(String::from).to_vec();
+    shim.push(way.dir.path().join("check/compute-driver.sock").display().to_string());
+    shim.extend([
+        "--upstream".into(),
+        format!("https://{}", way.relay.local_addr),
+        "--server-name".into(),
+        "localhost".into(),
+    ]);
+    shim.extend(["--callback-target".into(), way.target.to_string()]);
+    shim.extend(tls(&way.pki.client));
+    let (_, output) = run_binary(&shim).await;
+    for (step, detail) in [("callback-target", "accepts connections"), ("callback-link", "took the callback link")] {
+        assert!(
+            output.lines().any(|l| l.contains("OK") && l.contains(step) && l.contains(detail)),
+            "no OK {step}:\n{output}"
+        );
+    }
+    // The probe's link took no sandbox: the shim's link still serves.
+    let mut tls_stream = sandbox_tls(way.callback, &way.pki).await;
+    assert_eq!(echo_once(&mut tls_stream, b"after the check").await, b"after the check");
+
+    let mut shim_down = shim.clone();
+    let at = shim_down.iter().position(|a| a == "--callback-target").unwrap();
+    shim_down[at + 1] = nothing_listens().await.to_string();
+    let (code, output) = run_binary(&shim_down).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.lines().any(|l| l.contains("FAIL") && l.contains("callback-target")), "{output}");
+
+    let mut relay: Vec<String> =
+        ["check", "relay", "--listen", "127.0.0.1:0", "--driver-socket", "/nonexistent/driver.sock"]
+            .map(String::from)
+            .to_vec();
+    relay.extend([
+        "--allow-client".into(),
+        format!("dns:{GATEWAY_ID}"),
+        "--callback-listen".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    relay.extend(tls(&way.pki.server));
+    let (_, output) = run_binary(&relay).await;
+    assert!(
+        output
+            .lines()
+            .any(|l| l.contains("OK") && l.contains("callback-listen") && l.contains(&format!("dns:{GATEWAY_ID}"))),
+        "{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callback_identity_must_be_named_when_several_may_call() {
+    let (_dir, pki) = Way::pki();
+    let mut base: Vec<String> =
+        ["relay", "--print-config", "--listen", "127.0.0.1:0", "--driver-socket", "/run/x.sock"]
+            .map(String::from)
+            .to_vec();
+    base.extend(common::process::tls_args(&pki.ca_file, &pki.server));
+    base.extend(
+        ["--allow-client", "dns:a", "--allow-client", "dns:b", "--callback-listen", "127.0.0.1:0"].map(String::from),
+    );
+    let (code, output) = run_binary(&base).await;
+    assert_ne!(code, Some(0));
+    assert!(output.contains("--callback-listen") && output.contains("--callback-client"), "{output}");
+    let mut named = base.clone();
+    named.extend(["--callback-client", "dns:c"].map(String::from));
+    let (code, output) = run_binary(&named).await;
+    assert_ne!(code, Some(0));
+    assert!(output.contains("--callback-client dns:c: not an allowed client"), "{output}");
+    let mut good = base.clone();
+    good.extend(["--callback-client", "dns:b"].map(String::from));
+    let (code, output) = run_binary(&good).await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("callback-client = \"dns:b\""), "{output}");
+}
