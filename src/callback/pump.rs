@@ -38,14 +38,14 @@ pub enum Side {
 }
 
 impl Side {
-    fn from_socket(self) -> Direction {
+    fn read_from_socket(self) -> Direction {
         match self {
             Side::Relay => Direction::ToGateway,
             Side::Shim => Direction::ToSandbox,
         }
     }
 
-    fn to_socket(self) -> Direction {
+    fn written_to_socket(self) -> Direction {
         match self {
             Side::Relay => Direction::ToSandbox,
             Side::Shim => Direction::ToGateway,
@@ -94,7 +94,7 @@ pub async fn pump(
                 }
                 buf.truncate(n);
                 send.send_data(Bytes::from(buf), false).map_err(|e| super::describe_h2(&e))?;
-                metrics.bytes(side.from_socket(), n);
+                metrics.bytes(side.read_from_socket(), n);
                 touch();
             }
         };
@@ -103,7 +103,7 @@ pub async fn pump(
                 let data = data.map_err(|e| super::describe_h2(&e))?;
                 writer.write_all(&data).await.map_err(|e| crate::describe::describe_io_error(&e))?;
                 let _ = recv.flow_control().release_capacity(data.len());
-                metrics.bytes(side.to_socket(), data.len());
+                metrics.bytes(side.written_to_socket(), data.len());
                 touch();
             }
             writer.shutdown().await.map_err(|e| crate::describe::describe_io_error(&e))

@@ -389,7 +389,6 @@ impl Collector for Scrape {
         for (file, not_after) in lock(&metrics.certificates).iter() {
             family.encode_family(&[("role", role), ("file", file.as_str())])?.encode_gauge(not_after)?;
         }
-        drop(family);
         metrics.callback.encode(role, &mut encoder)?;
         Ok(())
     }
