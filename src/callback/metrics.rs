@@ -209,3 +209,52 @@ impl CallbackMetrics {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::obs::metrics::{Exposition, HopState, Metrics};
+
+    #[test]
+    fn callback_families_are_shown_only_when_served_and_never_twice() {
+        let metrics = Arc::new(Metrics::new("relay"));
+        let mut quiet = String::new();
+        metrics.render(&HopState::default(), Exposition::OpenMetrics, &mut quiet);
+        assert!(!quiet.contains("callback"), "{quiet}");
+
+        metrics.callback.enable(false, Box::new(|| "no shim".into()));
+        let _open = metrics.callback.opened();
+        metrics.callback.bytes(Direction::ToGateway, 10);
+        metrics.callback.refused(Refusal::NoShim);
+        for format in [Exposition::Prometheus, Exposition::OpenMetrics] {
+            let mut out = String::new();
+            metrics.render(&HopState::default(), format, &mut out);
+            let types: Vec<&str> = out.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+            let mut names: Vec<&str> = types.iter().filter_map(|l| l.split(' ').nth(2)).collect();
+            let count = names.len();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), count, "a family name twice in {format:?}:\n{out}");
+            for sample in [
+                "openshell_bridge_callback_connections{role=\"relay\"} 1",
+                "openshell_bridge_callback_connections_carried_total{role=\"relay\"} 1",
+                "openshell_bridge_callback_bytes_total{role=\"relay\",direction=\"to_gateway\"} 10",
+                "openshell_bridge_callback_refused_total{role=\"relay\",reason=\"no_shim\"} 1",
+            ] {
+                assert!(out.contains(sample), "{sample} missing in {format:?}:\n{out}");
+            }
+        }
+        // A relay without a shim is still ready (it must stay in its Service).
+        assert!(matches!(metrics.callback.readiness(), Ok(Some(note)) if note.contains("no shim")));
+        let shim = Metrics::new("shim");
+        shim.callback.enable(true, Box::new(|| "upstream relay:7443: connection refused".into()));
+        assert_eq!(
+            shim.callback.readiness(),
+            Err("callback link to the relay is down: upstream relay:7443: connection refused".into())
+        );
+        shim.callback.link_up();
+        assert!(shim.callback.readiness().is_ok());
+    }
+}

@@ -38,6 +38,10 @@ pub use crate::tls::config::ALPN_CALLBACK;
 /// The HTTP/2 window of one callback stream, in each direction.
 pub const STREAM_WINDOW: u32 = 256 * 1024;
 
+/// The largest HTTP/2 frame either end of a link accepts: a socket read
+/// (64 KiB) goes out as one DATA frame instead of four.
+pub const MAX_FRAME: u32 = 64 * 1024;
+
 /// Limits of the callback path (each a flag of both roles).
 #[derive(Clone, Debug)]
 pub struct CallbackSettings {

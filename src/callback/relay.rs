@@ -99,6 +99,7 @@ impl Hub {
         let handshake = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(inner.settings.connection_window())
+            .max_frame_size(super::MAX_FRAME)
             .max_send_buffer_size(STREAM_WINDOW as usize)
             .enable_push(false)
             .handshake::<_, Bytes>(io);

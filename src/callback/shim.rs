@@ -113,6 +113,7 @@ async fn open(io: BoxIo, settings: CallbackSettings) -> Result<Connection<BoxIo,
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(settings.connection_window())
         .max_concurrent_streams(settings.max_streams())
+        .max_frame_size(super::MAX_FRAME)
         .max_send_buffer_size(STREAM_WINDOW as usize)
         .handshake(io)
         .await
