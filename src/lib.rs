@@ -11,6 +11,7 @@
 //! command line and calls them, so tests drive the same code.
 
 pub mod admit;
+pub mod callback;
 pub mod check;
 pub mod cli;
 pub mod connect;

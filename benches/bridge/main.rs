@@ -18,6 +18,7 @@
 //! process; the proxies in their own. Results: a table on stdout and
 //! `target/bench/results.json`. See BENCHMARKS.md.
 
+mod callback;
 mod floor;
 mod haproxy;
 mod nginx;
@@ -173,6 +174,7 @@ fn usage() -> &'static str {
      \n  --quick        short rounds (under 2 minutes); also BENCH_QUICK=1\n\
      \n  --only GROUPS  comma-separated subset of: memory, unary, throughput, cpu, watch, list, wan\
      \n  --paths PATHS  comma-separated subset of: direct-uds, direct-mtls, bridge, nginx, haproxy, copy-chain, bridge-B\
+     \n  --callback     only the way back: sandbox connections through relay and shim vs direct TCP, as ratios\
      \n  --hold S[:C]   no table: load the first selected path with GetSandbox for S seconds at\
      \n                 concurrency C (default 1), printing the proxies' pids, for perf or strace\
      \n\nenvironment:\
@@ -229,6 +231,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.iter().any(|a| a == "--callback") {
+        let result = runtime.block_on(callback::run(quick));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut settings = Settings::new(quick);
     if let Some(spec) = args.iter().position(|a| a == "--hold").and_then(|i| args.get(i + 1)) {
         let (seconds, concurrency) = spec.split_once(':').unwrap_or((spec, "1"));

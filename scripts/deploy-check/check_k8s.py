@@ -179,6 +179,7 @@ def main() -> None:
 
     # --- pods --------------------------------------------------------------
     relay_listen_ports = {}  # deployment name -> (container, port)
+    relay_callback_ports = {}  # deployment name -> the --callback-listen port
     for dep in deployments:
         n = name_of(dep)
         spec = dep.get("spec") or {}
@@ -394,6 +395,14 @@ def main() -> None:
                     f"{cn}: --listen {listen} port is a declared containerPort",
                 ):
                     relay_listen_ports[dep["metadata"]["name"]] = (c, lport, tlabels)
+                callback = bridge_setting(c, "--callback-listen", "OPENSHELL_BRIDGE_CALLBACK_LISTEN")
+                if callback is not None:
+                    _, cport = split_host_port(callback)
+                    if report.check(
+                        cport is not None and resolve_port(c, cport) is not None,
+                        f"{cn}: --callback-listen {callback} port is a declared containerPort",
+                    ):
+                        relay_callback_ports[dep["metadata"]["name"]] = cport
                 report.check(
                     not has_switch(argv, "--allow-any-client"),
                     f"{cn}: no --allow-any-client (identities are listed)",
@@ -447,9 +456,11 @@ def main() -> None:
             relay = relay_listen_ports.get(targets[0]["metadata"]["name"])
             if relay:
                 rc, lport, _ = relay
+                cport = relay_callback_ports.get(targets[0]["metadata"]["name"])
                 report.check(
-                    (resolve_port(rc, target) or {}).get("containerPort") == lport,
-                    f"{n}: targetPort {target} is the relay's listen port {lport}",
+                    (resolve_port(rc, target) or {}).get("containerPort") in (lport, cport),
+                    f"{n}: targetPort {target} is the relay's listen port {lport}"
+                    + (f" or its callback port {cport}" if cport else ""),
                 )
 
     # --- NetworkPolicies ---------------------------------------------------
@@ -474,7 +485,17 @@ def main() -> None:
                 )
                 admitted += [r.get("containerPort") for r in resolved]
         relay = relay_listen_ports.get(targets[0]["metadata"]["name"])
-        if relay:
+        cport = relay_callback_ports.get(targets[0]["metadata"]["name"])
+        if relay and cport is not None and admitted == [cport]:
+            # The callback port leads to the gateway: only named pods may reach it.
+            sources = [peer for rule in spec.get("ingress") or [] for peer in rule.get("from") or []]
+            report.check(
+                all(rule.get("from") for rule in spec.get("ingress") or [])
+                and all(set(peer) <= {"podSelector", "namespaceSelector"} and peer.get("podSelector") for peer in sources),
+                f"{n}: the callback port {cport} admits only selected (sandbox) pods",
+                f"from {sources}",
+            )
+        elif relay:
             _, lport, _ = relay
             report.check(admitted == [lport], f"{n}: ingress admits exactly the relay port {lport}", f"admits {admitted}")
 

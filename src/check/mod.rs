@@ -30,6 +30,7 @@
 //! `words.rs`.
 
 mod call;
+mod callback;
 mod chain;
 mod crl;
 mod link;

@@ -38,6 +38,7 @@ pub(super) async fn check_relay(args: &RelayArgs, timeout: Duration, report: &mu
         None => report.record("peer-name", Outcome::Skip("our certificate is unusable (see above)".into())),
     };
     report.record("listen", check_listen(config.listen));
+    super::callback::check_relay(&config, report);
     let started = Instant::now();
     match connect_driver(&config.driver, timeout).await {
         Ok(()) => {
@@ -98,7 +99,7 @@ fn relay_names(config: &RelayConfig, material: &Material) -> Outcome {
 
 /// Whether the listen address is free or already served; binding is not
 /// needed for the check, only informative.
-fn check_listen(addr: SocketAddr) -> Outcome {
+pub(super) fn check_listen(addr: SocketAddr) -> Outcome {
     if addr.port() == 0 {
         return Outcome::Pass(format!("{addr}: the system will pick a free port"));
     }

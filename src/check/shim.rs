@@ -57,6 +57,7 @@ pub(super) async fn check_shim(args: &ShimArgs, timeout: Duration, report: &mut 
         let link = LinkCheck { upstream, name, tls: &tls, files: &config.tls, identity: identity.as_ref(), timeout };
         link.run(report).await;
     }
+    super::callback::check_shim(&config, timeout, report).await;
 }
 
 fn describe_shim(config: &ShimConfig) -> String {

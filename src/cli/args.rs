@@ -14,6 +14,9 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 
 use crate::admit::policy::{Access, Rule};
 use crate::admit::ForwardOptions;
+use crate::callback::relay::RelayCallback;
+use crate::callback::shim::ShimCallback;
+use crate::callback::CallbackSettings;
 use crate::connect::dialer::DialSettings;
 use crate::pipeline::ServerSettings;
 use crate::role::relay::{DriverTarget, RelayConfig};
@@ -219,6 +222,35 @@ impl TuningArgs {
     }
 }
 
+/// Limits of the way back (sandboxes calling the gateway), in both roles.
+#[derive(Args, Debug, Clone)]
+pub struct CallbackLimitArgs {
+    /// Callback connections (sandbox to gateway) carried at once; more are closed on arrival.
+    #[arg(long, env = "OPENSHELL_BRIDGE_CALLBACK_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub callback_max_connections: usize,
+    /// A callback connection that moves no byte either way for this long is closed.
+    #[arg(long, env = "OPENSHELL_BRIDGE_CALLBACK_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub callback_idle_timeout: Duration,
+}
+
+impl CallbackLimitArgs {
+    fn settings(&self) -> Result<CallbackSettings, String> {
+        if self.callback_max_connections == 0 {
+            return Err("--callback-max-connections 0: must be at least 1 (no sandbox could call back)".into());
+        }
+        if self.callback_idle_timeout < Duration::from_secs(1) {
+            return Err(format!(
+                "--callback-idle-timeout {} ms: too short; use at least 1s (e.g. 1h)",
+                self.callback_idle_timeout.as_millis()
+            ));
+        }
+        Ok(CallbackSettings {
+            max_connections: self.callback_max_connections,
+            idle_timeout: self.callback_idle_timeout,
+        })
+    }
+}
+
 fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
@@ -246,6 +278,11 @@ pub struct ShimArgs {
     /// Also admit local peers of this UID on the socket (the bridge's own UID always is); repeatable.
     #[arg(long = "allow-uid", env = "OPENSHELL_BRIDGE_ALLOW_UID", value_name = "UID", value_delimiter = ',')]
     pub allow_uids: Vec<u32>,
+    /// Carry sandboxes' callback connections (arriving at the relay's --callback-listen) to the gateway's listener at HOST:PORT; off unless set.
+    #[arg(long, env = "OPENSHELL_BRIDGE_CALLBACK_TARGET", value_name = "HOST:PORT")]
+    pub callback_target: Option<String>,
+    #[command(flatten)]
+    pub callback: CallbackLimitArgs,
     #[command(flatten)]
     pub file: FileArgs,
     #[command(flatten)]
@@ -269,6 +306,13 @@ impl ShimArgs {
             .iter()
             .map(|p| p.parse::<IdentityPattern>().map_err(|e| format!("--expect-server {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let callback_settings = self.callback.settings()?;
+        let callback = match &self.callback_target {
+            Some(target) => {
+                Some(ShimCallback { target: crate::callback::shim::parse_target(target)?, settings: callback_settings })
+            }
+            None => None,
+        };
         Ok(ShimConfig {
             socket: self.socket.clone(),
             upstreams,
@@ -277,6 +321,7 @@ impl ShimArgs {
             tls: self.tls.files(),
             allow_uids: self.allow_uids.clone(),
             settings: self.tuning.settings(&self.admin),
+            callback,
         })
     }
 }
@@ -328,6 +373,14 @@ pub struct RelayArgs {
     /// TLS handshakes in progress at once from one source address (an IPv6 /64).
     #[arg(long, env = "OPENSHELL_BRIDGE_MAX_HANDSHAKES_PER_SOURCE", default_value_t = 16)]
     pub max_handshakes_per_source: usize,
+    /// Accept sandboxes' callback connections (plain TCP, carried to the gateway through the shim) on HOST:PORT; off unless set.
+    #[arg(long, env = "OPENSHELL_BRIDGE_CALLBACK_LISTEN", value_name = "HOST:PORT")]
+    pub callback_listen: Option<String>,
+    /// The client identity whose shim serves callbacks (needed when several identities are allowed).
+    #[arg(long, env = "OPENSHELL_BRIDGE_CALLBACK_CLIENT", value_name = "ID")]
+    pub callback_client: Option<String>,
+    #[command(flatten)]
+    pub callback: CallbackLimitArgs,
     #[command(flatten)]
     pub file: FileArgs,
     #[command(flatten)]
@@ -371,6 +424,7 @@ impl RelayArgs {
                 "no client may call: give --allow-client ID (dns:NAME, uri:URI or cn:NAME), or explicitly --allow-any-client".into(),
             );
         }
+        let callback = self.callback_config(&rules)?;
         Ok(RelayConfig {
             listen,
             driver,
@@ -380,7 +434,49 @@ impl RelayArgs {
             any_client: self.allow_any_client.then_some(Access::Full),
             settings,
             policy_source: None,
+            callback,
         })
+    }
+
+    /// The callback listener and the identity whose shim serves it: named
+    /// by --callback-client, or the one identity allowed.
+    fn callback_config(&self, rules: &[Rule]) -> Result<Option<RelayCallback>, String> {
+        let settings = self.callback.settings()?;
+        let Some(text) = &self.callback_listen else {
+            if let Some(id) = &self.callback_client {
+                return Err(format!("--callback-client {id}: only meaningful with --callback-listen HOST:PORT"));
+            }
+            return Ok(None);
+        };
+        let listen = resolve_addr("--callback-listen", text, "0.0.0.0:8080")?;
+        let allowed = || rules.iter().map(|r| r.pattern.to_string()).collect::<Vec<_>>().join(", ");
+        let client = match &self.callback_client {
+            Some(id) => {
+                let pattern = id.parse::<IdentityPattern>().map_err(|e| format!("--callback-client {e}"))?;
+                let covered = self.allow_any_client
+                    || rules.iter().any(|rule| match (&rule.pattern, &pattern) {
+                        (IdentityPattern::UriPrefix(prefix), IdentityPattern::Uri(uri)) => uri.starts_with(prefix.as_str()),
+                        (allowed, wanted) => allowed == wanted,
+                    });
+                if !covered {
+                    return Err(format!(
+                        "--callback-client {pattern}: not an allowed client (allowed: {}); the callback identity must also be admitted with --allow-client",
+                        allowed()
+                    ));
+                }
+                pattern
+            }
+            None => match rules {
+                [only] if !self.allow_any_client => only.pattern.clone(),
+                _ => {
+                    return Err(format!(
+                        "--callback-listen {text}: several client identities are allowed ({}); name the one whose shim serves callbacks with --callback-client ID",
+                        if self.allow_any_client { "any client of the CA".to_string() } else { allowed() }
+                    ))
+                }
+            },
+        };
+        Ok(Some(RelayCallback { listen, client, settings }))
     }
 }
 
@@ -391,11 +487,15 @@ fn identity_pattern(text: &str) -> Result<String, String> {
 }
 
 fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    resolve_addr("--listen", text, "0.0.0.0:7443")
+}
+
+fn resolve_addr(flag: &str, text: &str, example: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     text.to_socket_addrs()
-        .map_err(|e| format!("--listen {text:?}: {e}; expected HOST:PORT such as 0.0.0.0:7443"))?
+        .map_err(|e| format!("{flag} {text:?}: {e}; expected HOST:PORT such as {example}"))?
         .next()
-        .ok_or_else(|| format!("--listen {text:?}: resolves to no address"))
+        .ok_or_else(|| format!("{flag} {text:?}: resolves to no address"))
 }
 
 #[derive(Args, Debug, Clone)]

@@ -3,9 +3,11 @@
 //! Every client connection gets a next-hop connection of its own from
 //! here. The dialer tries its targets in order, the one that last worked
 //! first; gives each address its own connect timeout (a blackholed first
-//! address does not hide the others); opens HTTP/2 on the connection and
-//! waits for the peer's SETTINGS, so a peer that takes the connection and
-//! hangs up counts as unreachable here; and backs off with jitter between
+//! address does not hide the others); runs the connection's *opening* (for
+//! the driver link: HTTP/2 as client, waiting for the peer's SETTINGS, see
+//! [`super::open`]; for the shim's callback link: HTTP/2 as server, see
+//! `crate::callback::shim`), so a peer that takes the connection and hangs
+//! up counts as unreachable here; and backs off with jitter between
 //! rounds. A peer that ends fresh connections before any call completed
 //! (a TLS 1.3 server refusing our certificate, a driver that resets us)
 //! earns strikes: no new connection before a pause that doubles with each
@@ -14,6 +16,7 @@
 //! It also publishes the hop's state (connections open, the last error)
 //! for `/readyz`, the metrics and the bridge's own health answer.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,6 +91,18 @@ pub struct Opened {
     pub settings: frame::Settings,
     pub hop: Hop,
     pub live: Live,
+}
+
+/// A connection whose opening succeeded: what the opening gave, which
+/// target it reached, and its liveness (counted as open while `live` lives).
+pub struct Reached<T> {
+    pub opened: T,
+    /// e.g. `upstream relay.example:7443`.
+    pub label: Arc<str>,
+    /// Ping interval and timeout, on a network hop.
+    pub keepalive: Option<(Duration, Duration)>,
+    pub live: Live,
+    target: usize,
 }
 
 /// What the hop looks like from outside, for health and metrics.
@@ -189,9 +204,30 @@ impl Dialer {
         self.inner.lock().last_error.clone().unwrap_or_else(|| "still connecting".into())
     }
 
-    /// Opens a connection, trying every target once (after any strike
-    /// pause); the error names each target's failure.
+    /// Opens a connection with HTTP/2 as client (the driver link), trying
+    /// every target once (after any strike pause); the error names each
+    /// target's failure.
     pub async fn open(&self) -> Result<Opened, String> {
+        let reached = self.open_with(super::open::http2_open).await?;
+        Ok(self.as_opened(reached))
+    }
+
+    /// Opens a connection, retrying with backoff and jitter until one
+    /// answers; `failed` counts the rounds that did not.
+    pub async fn open_with_backoff(&self, failed: &AtomicU32) -> Opened {
+        let reached = self.open_with_backoff_using(super::open::http2_open, failed).await;
+        self.as_opened(reached)
+    }
+
+    /// Connects to the targets in order (after any strike pause) and runs
+    /// `opening` on the connected stream, bounded by the connect timeout;
+    /// an opening that fails is a strike. The error names each target's
+    /// failure.
+    pub async fn open_with<T, F, Fut>(&self, opening: F) -> Result<Reached<T>, String>
+    where
+        F: Fn(BoxIo) -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
         let (start, not_before) = {
             let state = self.inner.lock();
             (state.preferred, state.not_before)
@@ -202,8 +238,8 @@ impl Dialer {
         let mut errors = Vec::new();
         for offset in 0..self.inner.targets.len() {
             let index = (start + offset) % self.inner.targets.len();
-            match self.open_target(index).await {
-                Ok(opened) => return Ok(opened),
+            match self.open_target(index, &opening).await {
+                Ok(reached) => return Ok(reached),
                 Err(why) => errors.push(format!("{}: {why}", self.inner.targets[index].label)),
             }
         }
@@ -215,19 +251,37 @@ impl Dialer {
         Err(why)
     }
 
-    /// Opens a connection, retrying with backoff and jitter until one
-    /// answers; `failed` counts the rounds that did not.
-    pub async fn open_with_backoff(&self, failed: &AtomicU32) -> Opened {
+    /// [`Self::open_with`], retrying with backoff and jitter until a
+    /// connection opens; `failed` counts the rounds that did not.
+    pub async fn open_with_backoff_using<T, F, Fut>(&self, opening: F, failed: &AtomicU32) -> Reached<T>
+    where
+        F: Fn(BoxIo) -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
         let settings = &self.inner.settings;
         let mut backoff = settings.backoff_initial;
         loop {
-            if let Ok(opened) = self.open().await {
-                return opened;
+            if let Ok(reached) = self.open_with(&opening).await {
+                return reached;
             }
             failed.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(jitter(backoff)).await;
             backoff = (backoff * 2).min(settings.backoff_max);
         }
+    }
+
+    /// An HTTP/2 client connection as the frame relay takes it.
+    fn as_opened(&self, reached: Reached<(Codec<BoxIo, Bytes>, frame::Settings)>) -> Opened {
+        let target = &self.inner.targets[reached.target];
+        let text = |value: &str| BytesStr::try_from(Bytes::copy_from_slice(value.as_bytes())).expect("valid UTF-8");
+        let (codec, settings) = reached.opened;
+        let hop = Hop {
+            scheme: text(target.scheme.as_str()),
+            authority: text(target.authority.as_str()),
+            label: reached.label,
+            keepalive: reached.keepalive,
+        };
+        Opened { codec, settings, hop, live: reached.live }
     }
 
     /// Whether the next hop can be reached: yes while a connection to it is
@@ -256,12 +310,16 @@ impl Dialer {
         found
     }
 
-    async fn open_target(&self, index: usize) -> Result<Opened, String> {
+    async fn open_target<T, F, Fut>(&self, index: usize, opening: &F) -> Result<Reached<T>, String>
+    where
+        F: Fn(BoxIo) -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
         let inner = &self.inner;
         let target = &inner.targets[index];
         let timeout = inner.settings.connect_timeout;
         let io = target.connector.connect(timeout).await.map_err(|e| e.to_string())?;
-        let (codec, settings) = match tokio::time::timeout(timeout, super::open::http2_open(io)).await {
+        let opened = match tokio::time::timeout(timeout, opening(io)).await {
             Ok(Ok(opened)) => opened,
             Ok(Err(why)) => {
                 self.strike();
@@ -272,17 +330,11 @@ impl Dialer {
                 return Err(format!("no HTTP/2 answer within {} ms", timeout.as_millis()));
             }
         };
-        let text = |value: &str| BytesStr::try_from(Bytes::copy_from_slice(value.as_bytes())).expect("valid UTF-8");
-        let hop = Hop {
-            scheme: text(target.scheme.as_str()),
-            authority: text(target.authority.as_str()),
-            label: inner.labels[index].clone(),
-            keepalive: inner
-                .settings
-                .keepalive_interval
-                .filter(|_| target.network)
-                .map(|every| (every, inner.settings.keepalive_timeout)),
-        };
+        let keepalive = inner
+            .settings
+            .keepalive_interval
+            .filter(|_| target.network)
+            .map(|every| (every, inner.settings.keepalive_timeout));
         {
             let mut state = inner.lock();
             state.preferred = index;
@@ -291,7 +343,13 @@ impl Dialer {
             state.last_error = None;
             state.probed = None;
         }
-        Ok(Opened { codec, settings, hop, live: Live { inner: inner.clone(), answered: false } })
+        Ok(Reached {
+            opened,
+            label: inner.labels[index].clone(),
+            keepalive,
+            live: Live { inner: inner.clone(), answered: false },
+            target: index,
+        })
     }
 
     /// A connection ended before its peer answered anything: no new one

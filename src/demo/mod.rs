@@ -4,6 +4,7 @@
 //! contract without provisioning anything.
 
 pub mod driver;
+pub mod gateway;
 pub mod run;
 pub mod smoke;
 

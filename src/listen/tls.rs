@@ -17,21 +17,26 @@ use super::handshakes::{Handshakes, Refused};
 use super::limit::ConnectionLimit;
 use crate::admit::policy::Caller;
 use crate::admit::Forwarder;
+use crate::callback::relay::Hub;
 use crate::obs::fold::Fold;
 use crate::obs::metrics::{Metrics, Refusal};
 use crate::pipeline::ServerSettings;
 use crate::shutdown::Shutdown;
+use crate::tls::config::ALPN_CALLBACK;
 use crate::tls::identity::PeerIdentity;
 
 /// Accepts TLS clients on `listener` until draining begins. Handshakes in
 /// progress are bounded by their own budget (see [`super::handshakes`]); the
-/// connection permit is taken once the client is authenticated.
+/// connection permit is taken once the client is authenticated. A client
+/// that negotiated the callback protocol is a shim's callback link: it goes
+/// to `callback` (see [`crate::callback::relay`]), never to the driver.
 pub async fn run(
     listener: TcpListener,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
     forwarder: Forwarder,
     settings: ServerSettings,
     shutdown: Shutdown,
+    callback: Option<Hub>,
 ) {
     let limit = ConnectionLimit::new(settings.max_connections);
     let handshakes = Handshakes::new(settings.max_handshakes, settings.max_handshakes_per_source);
@@ -62,12 +67,21 @@ pub async fn run(
         let limit = limit.clone();
         let handshakes = handshakes.clone();
         let task_shutdown = shutdown.clone();
+        let callback = callback.clone();
         shutdown.tasks().spawn(async move {
             let Some((stream, caller, chain)) = handshake(acceptor, tcp, remote, &settings, forwarder.metrics()).await
             else {
                 return;
             };
             let _known = handshakes.established(slot);
+            if stream.get_ref().1.alpn_protocol() == Some(ALPN_CALLBACK) {
+                let peer = format!("{remote} ({caller})");
+                match (&callback, &caller) {
+                    (Some(hub), Caller::Tls(identity)) => hub.serve_link(stream, identity, &peer, &task_shutdown).await,
+                    _ => crate::callback::relay::refuse_unserved(forwarder.metrics(), &peer),
+                }
+                return;
+            }
             let Some(_permit) = limit.admit("relay", forwarder.metrics()) else {
                 return;
             };

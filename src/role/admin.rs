@@ -72,10 +72,17 @@ pub fn start(
 async fn answer(request: Request<Incoming>, forwarder: &Forwarder) -> Response<Full<Bytes>> {
     match (request.method().as_str(), request.uri().path()) {
         ("GET", "/healthz") => text(StatusCode::OK, "ok\n".into()),
-        ("GET", "/readyz") => match forwarder.dialer().probe(READY_WAIT).await {
-            Ok(peer) => text(StatusCode::OK, format!("ready: {peer} reachable\n")),
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
-        },
+        ("GET", "/readyz") => {
+            match (forwarder.dialer().probe(READY_WAIT).await, forwarder.metrics().callback.readiness()) {
+                (Ok(peer), Ok(None)) => text(StatusCode::OK, format!("ready: {peer} reachable\n")),
+                (Ok(peer), Ok(Some(callback))) => {
+                    text(StatusCode::OK, format!("ready: {peer} reachable; {callback}\n"))
+                }
+                // A shim with --callback-target is not ready without its callback link.
+                (Ok(_), Err(why)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                (Err(why), _) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            }
+        }
         ("GET", "/metrics") => {
             let accept = request.headers().get(http::header::ACCEPT).and_then(|v| v.to_str().ok());
             let format = Exposition::from_accept(accept);

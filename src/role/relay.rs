@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::admit::policy::{Access, Policy, Rule};
 use crate::admit::Forwarder;
+use crate::callback::relay::{Hub, RelayCallback};
 use crate::connect::dialer::{Dialer, Target};
 use crate::connect::Connector;
 use crate::role::policy_reload::PolicySource;
@@ -73,6 +74,8 @@ pub struct RelayConfig {
     /// With `--config FILE`: where the access policy is re-read on SIGHUP
     /// or a change of the file.
     pub policy_source: Option<PolicySource>,
+    /// Carry sandboxes' connections back to the gateway (`--callback-listen`).
+    pub callback: Option<RelayCallback>,
 }
 
 impl RelayConfig {
@@ -103,6 +106,8 @@ pub struct RunningRelay {
     pub task: tokio::task::JoinHandle<()>,
     /// Where the admin endpoint listens, if it is on.
     pub admin: Option<SocketAddr>,
+    /// Where sandboxes' callback connections are accepted, if anywhere.
+    pub callback_addr: Option<SocketAddr>,
 }
 
 /// Loads the TLS material, binds the listener and starts serving.
@@ -152,6 +157,22 @@ pub async fn start(mut config: RelayConfig, shutdown: Shutdown) -> anyhow::Resul
     if !local_addr.ip().is_loopback() {
         tracing::info!(%local_addr, "relay listening on a network address (clients must present a certificate of --ca)");
     }
+    let callback = match &config.callback {
+        Some(callback) => {
+            let listener = TcpListener::bind(callback.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("--callback-listen {}: cannot bind: {e}", callback.listen))?;
+            let dial = &config.settings.dial;
+            let keepalive = dial.keepalive_interval.map(|every| (every, dial.keepalive_timeout));
+            let hub = Hub::new(callback, keepalive, forwarder.metrics().clone());
+            Some((listener, hub))
+        }
+        None => None,
+    };
+    let callback_addr = match &callback {
+        Some((listener, _)) => Some(listener.local_addr()?),
+        None => None,
+    };
     let admin = config.settings.start_admin(&forwarder, &shutdown)?;
     tracing::info!(
         listen = %local_addr,
@@ -160,16 +181,23 @@ pub async fn start(mut config: RelayConfig, shutdown: Shutdown) -> anyhow::Resul
         identity = %describe_certificate(certificate.as_ref()),
         tls12 = config.tls.tls12,
         admin = %admin.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        callback_listen = %callback_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        callback_client = %config.callback.as_ref().map(|c| c.client.to_string()).unwrap_or_else(|| "-".into()),
         "relay serving"
     );
+    let hub = callback.map(|(listener, hub)| {
+        tokio::spawn(crate::callback::relay::run_listener(listener, hub.clone(), shutdown.clone()));
+        hub
+    });
     let task = tokio::spawn(crate::listen::tls::run(
         listener,
         tls.clone(),
         forwarder.clone(),
         config.settings.server,
         shutdown,
+        hub,
     ));
-    Ok(RunningRelay { local_addr, forwarder, tls, task, admin })
+    Ok(RunningRelay { local_addr, forwarder, tls, task, admin, callback_addr })
 }
 
 /// After new TLS material (a new `--crl`) is in force: the connections

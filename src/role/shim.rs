@@ -11,6 +11,7 @@ use rustls::pki_types::ServerName;
 
 use crate::admit::policy::Policy;
 use crate::admit::Forwarder;
+use crate::callback::shim::ShimCallback;
 use crate::connect::dialer::{Dialer, Target};
 use crate::connect::severable::LiveUpstreams;
 use crate::connect::{tls::TlsConnector, Connector};
@@ -18,7 +19,7 @@ use crate::listen::uds::{self, PrivateSocket};
 use crate::pipeline::ServerSettings;
 use crate::role::RoleSettings;
 use crate::shutdown::Shutdown;
-use crate::tls::config::{client_config, describe_certificate, server_verifier, TlsFiles};
+use crate::tls::config::{client_config, describe_certificate, server_verifier, with_alpn, TlsFiles, ALPN_CALLBACK};
 use crate::tls::identity::IdentityPattern;
 use crate::tls::reload::ReloadHooks;
 
@@ -85,6 +86,8 @@ pub struct ShimConfig {
     pub tls: TlsFiles,
     pub allow_uids: Vec<u32>,
     pub settings: RoleSettings,
+    /// Carry sandboxes' connections back to the gateway (`--callback-target`).
+    pub callback: Option<ShimCallback>,
 }
 
 /// A shim that is serving.
@@ -112,12 +115,30 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
         .collect::<anyhow::Result<Vec<_>>>()?;
     let dialer = Dialer::new("upstream", targets, config.settings.dial.clone());
     let forwarder = Forwarder::new("shim", dialer, Policy::LocalPeers, config.settings.forward.clone());
+    // The callback link: the same identity and upstreams, its own ALPN protocol.
+    let callback_tls = Arc::new(ArcSwap::from_pointee(with_alpn(&tls.load(), ALPN_CALLBACK)));
+    let callback_dialer = match &config.callback {
+        Some(_) => {
+            let targets = config
+                .upstreams
+                .iter()
+                .map(|upstream| target_for(upstream, config.server_name.as_deref(), &callback_tls, &live))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Some(Dialer::new("callback upstream", targets, config.settings.dial.clone()))
+        }
+        None => None,
+    };
     let expect = config.expect_server.clone();
+    let reloaded_callback_tls = callback_tls.clone();
     let certificate = crate::tls::reload::keep_current(
         "shim client certificate",
         &config.tls,
         tls.clone(),
-        move |files| client_config(files, &expect),
+        move |files| {
+            let config = client_config(files, &expect)?;
+            reloaded_callback_tls.store(Arc::new(with_alpn(&config, ALPN_CALLBACK)));
+            Ok(config)
+        },
         ReloadHooks {
             swapped: Arc::new(move |files| sever_revoked(&live, files)),
             ..ReloadHooks::new(Arc::new(forwarder.metrics().expiry_sink()), Arc::new(forwarder.metrics().crl_sink()))
@@ -134,8 +155,12 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
         identity = %describe_certificate(certificate.as_ref()),
         allowed_uids = ?socket.allowed_uids(),
         admin = %admin.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        callback_target = config.callback.as_ref().map(|c| c.target.as_str()).unwrap_or("off"),
         "shim serving"
     );
+    if let (Some(callback), Some(dialer)) = (&config.callback, callback_dialer) {
+        crate::callback::shim::start(dialer, callback, forwarder.metrics().clone(), shutdown.clone());
+    }
     // The gateway is a local peer: its death shows as end of file, and it
     // is never pinged.
     let server = ServerSettings { keepalive_interval: None, ..config.settings.server };

@@ -69,7 +69,21 @@ impl From<material::MaterialError> for TlsConfigError {
     }
 }
 
+/// The driver contract's protocol: gRPC over HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";
+
+/// The callback link's protocol (sandboxes calling back to the gateway,
+/// carried over a connection the shim opens): its own id, so neither side
+/// can take a callback link for the driver contract or the other way round.
+pub const ALPN_CALLBACK: &[u8] = b"openshell-callback/1";
+
+/// `config` offering only `protocol` (the shim's callback link uses its
+/// driver link's configuration with the callback protocol).
+pub fn with_alpn(config: &rustls::ClientConfig, protocol: &[u8]) -> rustls::ClientConfig {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![protocol.to_vec()];
+    config
+}
 
 /// The crypto provider: ring, whose default suites are all AEAD with
 /// forward secrecy (TLS 1.3 AES-GCM/ChaCha20, TLS 1.2 ECDHE + AES-GCM/ChaCha20).
@@ -124,7 +138,9 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsConfig
         .map_err(|e| TlsConfigError(format!("TLS versions: {e}")))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(FixedCert(identity)));
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // Both protocols are offered; the listener dispatches on the one
+    // negotiated (a client that offers none speaks the driver contract).
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_CALLBACK.to_vec()];
     Ok(config)
 }
 

@@ -130,6 +130,7 @@ pub fn relay_config(pki: &TestPki, driver: DriverTarget) -> RelayConfig {
         any_client: None,
         settings: quick_settings(),
         policy_source: None,
+        callback: None,
     }
 }
 
@@ -142,6 +143,7 @@ pub fn shim_config(pki: &TestPki, socket: &Path, relay: SocketAddr) -> ShimConfi
         tls: pki.client_tls(),
         allow_uids: vec![],
         settings: quick_settings(),
+        callback: None,
     }
 }
 

@@ -131,6 +131,7 @@ fn world() -> &'static World {
                 rules: vec![Rule { pattern: "dns:openshell-gateway".parse().expect("pattern"), access: Access::Full }],
                 any_client: None,
                 policy_source: None,
+                callback: None,
                 settings,
             };
             relay::start(config, shutdown.clone()).await.expect("relay starts").local_addr

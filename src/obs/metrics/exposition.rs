@@ -228,6 +228,7 @@ impl Collector for Scrape {
                     .encode_counter::<NoLabelSet, _, u64>(count, None)?;
             }
         }
+        metrics.callback.encode(role, &mut encoder)?;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! This file holds what is counted, on the hot path; `exposition.rs` turns
 //! it into the text a scraper reads.
 
+pub mod callback;
 pub mod exposition;
 
 use std::collections::{BTreeMap, HashMap};
@@ -111,6 +112,8 @@ pub struct Metrics {
     refused: Mutex<BTreeMap<Refusal, u64>>,
     handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
     certificates: Mutex<BTreeMap<String, i64>>,
+    /// The way back (sandboxes calling the gateway), when the role serves it.
+    pub callback: callback::CallbackMetrics,
     /// nextUpdate of each CRL file in use.
     crls: Mutex<BTreeMap<String, i64>>,
     /// Access policy reloads by result (`ok`, `refused`).
@@ -128,6 +131,7 @@ impl Metrics {
             refused: Mutex::default(),
             handshake_failures: Mutex::default(),
             certificates: Mutex::default(),
+            callback: Default::default(),
             crls: Mutex::default(),
             policy_reloads: Mutex::default(),
         }
