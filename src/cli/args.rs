@@ -15,6 +15,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use crate::admit::policy::{Access, Rule};
 use crate::admit::ForwardOptions;
 use crate::connect::dialer::DialSettings;
+use crate::connect::proxy::ProxySetting;
 use crate::pipeline::ServerSettings;
 use crate::role::relay::{DriverTarget, RelayConfig};
 use crate::role::shim::{ShimConfig, Upstream};
@@ -242,6 +243,10 @@ pub struct ShimArgs {
     /// Also admit local peers of this UID on the socket (the bridge's own UID always is); repeatable.
     #[arg(long = "allow-uid", env = "OPENSHELL_BRIDGE_ALLOW_UID", value_name = "UID", value_delimiter = ',')]
     pub allow_uids: Vec<u32>,
+    /// Reach the upstreams through this HTTP CONNECT proxy, http://[USER:PASSWORD@]HOST:PORT, or `none` to ignore
+    /// grpc_proxy/https_proxy/http_proxy and no_grpc_proxy/no_proxy (which apply when this is not given).
+    #[arg(long, env = "OPENSHELL_BRIDGE_PROXY", value_name = "URL|none")]
+    pub proxy: Option<String>,
     #[command(flatten)]
     pub file: FileArgs,
     #[command(flatten)]
@@ -265,6 +270,14 @@ impl ShimArgs {
             .iter()
             .map(|p| p.parse::<IdentityPattern>().map_err(|e| format!("--expect-server {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        // Our own refusal, not clap's: it would repeat the value, password and all.
+        let proxy = match &self.proxy {
+            Some(text) => ProxySetting::from_flag(text).map_err(|e| format!("--proxy: {e}"))?,
+            None => ProxySetting::from_environment(),
+        };
+        for upstream in &upstreams {
+            proxy.route(&upstream.host, upstream.port).map_err(|e| format!("proxy: {e}"))?;
+        }
         Ok(ShimConfig {
             socket: self.socket.clone(),
             upstreams,
@@ -272,6 +285,7 @@ impl ShimArgs {
             expect_server,
             tls: self.tls.files(),
             allow_uids: self.allow_uids.clone(),
+            proxy,
             settings: self.tuning.settings(&self.admin),
         })
     }
@@ -492,6 +506,8 @@ fn render_effective(command: &clap::Command, matches: &ArgMatches, from_file: &B
                 .or(Some("false".to_owned())),
             clap::ArgAction::Append => (!raw.is_empty())
                 .then(|| format!("[{}]", raw.iter().map(|v| toml_scalar(v)).collect::<Vec<_>>().join(", "))),
+            // The proxy URL may carry a password: shown as user:***.
+            _ if name == "proxy" => raw.first().map(|v| toml_scalar(&crate::connect::proxy::redact(v))),
             _ => raw.first().map(|v| toml_scalar(v)),
         };
         match value {

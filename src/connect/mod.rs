@@ -4,6 +4,7 @@
 
 pub mod dialer;
 pub mod open;
+pub mod proxy;
 pub mod quiet_unix;
 pub mod tcp;
 pub mod tls;
