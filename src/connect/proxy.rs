@@ -506,7 +506,9 @@ pub async fn open_tunnel<S: AsyncRead + AsyncWrite + Unpin>(
     };
     match answer.status {
         200..=299 => Ok(answer),
-        407 => Err(ConnectError(match proxy.user() {
+        // 407 is the standard answer; some proxies (tinyproxy 1.11) answer
+        // wrong credentials on CONNECT with 401.
+        401 | 407 => Err(ConnectError(match proxy.user() {
             None => format!(
                 "proxy {proxy} wants credentials for the tunnel to {target} ({}): give them as http://USER:PASSWORD@HOST:PORT",
                 answer.line
