@@ -91,9 +91,7 @@ impl std::str::FromStr for ProxyUrl {
                         .into(),
                 )
             }
-            Some((scheme, _)) => {
-                return Err(format!("scheme {:?} is not supported; {EXPECTED}", shorten(scheme)));
-            }
+            Some(_) => return Err(format!("only the http:// scheme is supported; {EXPECTED}")),
             None => text,
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -542,7 +540,8 @@ mod tests {
         assert_eq!("http://[::1]".parse::<ProxyUrl>().unwrap().authority(), "[::1]:80");
         for (bad, why) in [
             ("https://u:secret@p:3128", "not supported yet"),
-            ("socks5://u:secret@p:1080", "not supported"),
+            ("socks5://u:secret@p:1080", "only the http:// scheme"),
+            ("u:secret@p://x", "only the http:// scheme"),
             ("http://u:secret@p:3128/x", "path"),
             ("http://:secret@p:3128", "user name is empty"),
             ("http://u:secret@:3128", "no usable host"),

@@ -139,6 +139,7 @@ fn world() -> &'static World {
             address: relay.to_string(),
             server_name: ServerName::try_from("localhost").expect("name"),
             config: Arc::new(arc_swap::ArcSwap::from_pointee(tls)),
+            proxy: None,
         };
         World { runtime, relay, connector, script, accepted, ended, _shutdown: shutdown, _dir: dir }
     })
