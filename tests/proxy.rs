@@ -256,3 +256,53 @@ async fn a_proxy_restart_ends_a_watch_unavailable_and_the_next_call_takes_a_new_
     assert_eq!(caps.driver_name, "demo");
     assert!(proxy.connects_to(chain.relay.local_addr) >= 1, "the new proxy saw no CONNECT:\n{}", proxy.log());
 }
+
+async fn bridge(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut bridge = common::process::Bridge::spawn("proxy-cli", &args, env);
+    let code = bridge.wait_exit(Duration::from_secs(60)).await;
+    (code, bridge.output())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn print_config_names_each_upstreams_proxy_and_never_the_password() {
+    let shim = [
+        "shim",
+        "--socket",
+        "/tmp/never-bound/s.sock",
+        "--upstream",
+        "https://relay.corp.example:7443,https://10.1.2.3:7443",
+        "--ca",
+        "ca.pem",
+        "--cert",
+        "c.pem",
+        "--key",
+        "k.pem",
+        "--print-config",
+    ];
+    let (code, out) = bridge(
+        &shim,
+        &[("https_proxy", "http://alice:hunter22@proxy.corp:3128"), ("NO_PROXY", "10.0.0.0/8"), ("grpc_proxy", "")],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "# proxy: relay.corp.example:7443 via proxy http://alice:***@proxy.corp:3128 (https_proxy); \
+             10.1.2.3:7443 direct (NO_PROXY entry \"10.0.0.0/8\" matches; https_proxy not used)"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("hunter22"), "{out}");
+
+    let with_flag: Vec<&str> = shim.iter().copied().chain(["--proxy", "http://bob:hunter22@proxy.corp:3128"]).collect();
+    let (code, out) = bridge(&with_flag, &[]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("proxy = \"http://bob:***@proxy.corp:3128\"  # flag"), "{out}");
+    assert!(!out.contains("hunter22"), "{out}");
+
+    let (code, out) = bridge(&shim, &[("OPENSHELL_BRIDGE_PROXY", "https://bob:hunter22@proxy.corp:3128")]).await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("--proxy: https:// to the proxy is not supported yet"), "{out}");
+    assert!(!out.contains("hunter22"), "{out}");
+}

@@ -177,7 +177,7 @@ fn base64(input: &[u8]) -> String {
 }
 
 /// Where the shim's proxy setting comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum ProxySetting {
     /// `--proxy URL`: every upstream goes through it.
     Flag(ProxyUrl),
@@ -185,6 +185,29 @@ pub enum ProxySetting {
     Off,
     /// No `--proxy`: these variables (name, value), as read at start.
     Environment(Vec<(String, String)>),
+}
+
+/// Shows variables' values as proxies do, password as `***`.
+impl fmt::Debug for ProxySetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxySetting::Flag(url) => write!(f, "Flag({url})"),
+            ProxySetting::Off => f.write_str("Off"),
+            ProxySetting::Environment(vars) => {
+                let shown: Vec<String> = vars
+                    .iter()
+                    .map(|(name, value)| {
+                        if name.to_ascii_lowercase().starts_with("no_") {
+                            format!("{name}={value}")
+                        } else {
+                            format!("{name}={}", redact(value))
+                        }
+                    })
+                    .collect();
+                write!(f, "Environment({})", shown.join(", "))
+            }
+        }
+    }
 }
 
 impl Default for ProxySetting {
@@ -612,6 +635,8 @@ mod tests {
             ProxySetting::from_flag("None").unwrap().route("r", 1).unwrap().to_string(),
             "direct (--proxy none)"
         );
+        let vars = env(&[("https_proxy", "http://u:secret@p:1"), ("no_proxy", "a")]);
+        assert_eq!(format!("{vars:?}"), "Environment(https_proxy=http://u:***@p:1, no_proxy=a)");
         let flag = ProxySetting::from_flag("http://p:3").unwrap();
         assert_eq!(flag.route("r", 1).unwrap().to_string(), "via proxy http://p:3 (--proxy)");
     }
