@@ -306,3 +306,24 @@ async fn print_config_names_each_upstreams_proxy_and_never_the_password() {
     assert!(out.contains("--proxy: https:// to the proxy is not supported yet"), "{out}");
     assert!(!out.contains("hunter22"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_accepts_but_never_answers_connect_is_named_after_the_connect_timeout() {
+    // Takes connections, reads, and says nothing (a proxy stuck on its own upstream).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let (chain, _driver) = chain_through(via(&url)).await;
+    let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
+    let status = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let expected =
+        format!("proxy {url} did not answer CONNECT 127.0.0.1:{} within 2000 ms", chain.relay.local_addr.port());
+    assert!(status.message().contains(&expected), "{}", status.message());
+    held.abort();
+}

@@ -668,6 +668,15 @@ mod tests {
         assert!(seen.contains(&format!("Proxy-Authorization: Basic {}\r\n", base64(b"alice:pw"))), "{seen}");
         assert!(err.0.contains("refused the credentials of user alice") && !err.0.contains("pw@"), "{err}");
 
+        // A proxy that hangs up without a word.
+        let (mut ours, mut theirs) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            let mut sink = [0u8; 1024];
+            let _ = theirs.read(&mut sink).await;
+        });
+        let err = open_tunnel(&mut ours, &proxy, "r:1", Duration::from_secs(5)).await.unwrap_err();
+        assert!(err.0.ends_with("tunnel to r:1: it closed the connection without answering CONNECT"), "{err}");
+
         // An endless header block is cut at the bound.
         let (mut ours, mut theirs) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
