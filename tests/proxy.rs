@@ -327,3 +327,52 @@ async fn a_proxy_that_accepts_but_never_answers_connect_is_named_after_the_conne
     assert!(status.message().contains(&expected), "{}", status.message());
     held.abort();
 }
+
+/// `check shim` against the chain's relay through `proxy`.
+async fn check_through(chain: &Chain, proxy: &str) -> (Option<i32>, String) {
+    let socket = chain.dir.path().join("check/s.sock").display().to_string();
+    let upstream = format!("https://127.0.0.1:{}", chain.relay.local_addr.port());
+    let files = chain.pki.client_tls();
+    let (ca, cert, key) =
+        (files.ca.display().to_string(), files.cert.display().to_string(), files.key.display().to_string());
+    let args = [
+        "check",
+        "shim",
+        "--server-name",
+        "localhost",
+        "--socket",
+        &socket,
+        "--upstream",
+        &upstream,
+        "--ca",
+        &ca,
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--proxy",
+        proxy,
+    ];
+    bridge(&args, &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_shim_walks_the_proxy_steps() {
+    let Some(proxy) = Tinyproxy::start("check_shim_walks_the_proxy_steps", "BasicAuth alice s3cret") else { return };
+    let (chain, _driver) = chain_through(ProxySetting::Off).await;
+    let port = chain.relay.local_addr.port();
+
+    let (code, out) = check_through(&chain, &proxy.url("alice:s3cret@")).await;
+    assert_eq!(code, Some(0), "{out}");
+    let via = format!("127.0.0.1:{port} via proxy {} (--proxy)", proxy.url("alice:***@"));
+    assert!(out.contains(&via), "{out}");
+    assert!(out.contains(&format!("proxy-connect     CONNECT 127.0.0.1:{port}: HTTP/1.0 200 ")), "{out}");
+    assert!(out.contains("check: 12 passed, 0 failed"), "{out}");
+    assert!(!out.contains("s3cret"), "{out}");
+
+    let (code, out) = check_through(&chain, &proxy.url("alice:wr0ng@")).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL  proxy-connect") && out.contains("refused the credentials of user alice"), "{out}");
+    assert!(out.contains("SKIP  tls-handshake     the proxy opened no tunnel"), "{out}");
+    assert!(!out.contains("wr0ng"), "{out}");
+}
