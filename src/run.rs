@@ -19,6 +19,10 @@ pub async fn run(parsed: Parsed) -> anyhow::Result<ExitCode> {
             _ => {}
         }
         print!("{}", parsed.effective.unwrap_or_default());
+        if let Command::Shim(args) = &parsed.cli.command {
+            let config = args.to_config().map_err(anyhow::Error::msg)?;
+            println!("# proxy: {}", crate::role::shim::describe_routes(&config)?);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     match parsed.cli.command {

@@ -20,6 +20,7 @@ const SHIM_STEPS: &[&str] = &[
     "validity",
     "peer-name",
     "socket",
+    "proxy",
     "tcp-connect",
     "tls-handshake",
     "get-capabilities",
@@ -92,7 +93,7 @@ async fn healthy_chain_passes_every_shim_step() {
     let caps = run.step("OK", "get-capabilities");
     assert!(caps.contains("driver demo ") && caps.contains("round trip"), "{caps}");
     assert!(run.step("OK", "peer-name").contains("we present dns:openshell-gateway"), "{}", run.output);
-    assert!(run.output.contains("check: 10 passed, 0 failed"), "{}", run.output);
+    assert!(run.output.contains("check: 11 passed, 0 failed"), "{}", run.output);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -181,7 +182,7 @@ async fn relay_down_fails_at_tcp_connect_naming_the_address() {
     for step in &SHIM_STEPS[..7] {
         run.step("OK", step);
     }
-    assert!(run.output.contains("check: 7 passed, 1 failed, 2 skipped"), "{}", run.output);
+    assert!(run.output.contains("check: 8 passed, 1 failed, 2 skipped"), "{}", run.output);
 }
 
 #[tokio::test(flavor = "multi_thread")]

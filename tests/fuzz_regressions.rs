@@ -6,12 +6,18 @@
 
 #[path = "../fuzz/fuzz_targets/common/frame_relay.rs"]
 mod frame_relay;
+#[path = "../fuzz/fuzz_targets/common/proxy.rs"]
+mod proxy;
 
 use std::path::Path;
 
-/// The files of `fuzz/DIR/frame_relay/`, sorted (none if it is absent).
+/// The files of `fuzz/DIR/TARGET/`, sorted (none if it is absent).
 fn inputs(dir: &str) -> Vec<std::path::PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(dir).join("frame_relay");
+    inputs_of(dir, "frame_relay")
+}
+
+fn inputs_of(dir: &str, target: &str) -> Vec<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(dir).join(target);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };
@@ -28,5 +34,14 @@ fn frame_relay_regressions_and_seeds() {
         let data = std::fs::read(&file).unwrap();
         eprintln!("{}: {} bytes", file.display(), data.len());
         frame_relay::run(&data);
+    }
+}
+
+#[test]
+fn proxy_seeds() {
+    let files: Vec<_> = inputs_of("regressions", "proxy").into_iter().chain(inputs_of("seeds", "proxy")).collect();
+    assert!(!files.is_empty(), "no inputs under fuzz/seeds/proxy");
+    for file in files {
+        proxy::run(&std::fs::read(&file).unwrap());
     }
 }

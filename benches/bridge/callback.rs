@@ -63,6 +63,7 @@ pub async fn run(quick: bool) -> anyhow::Result<()> {
             allow_uids: vec![],
             settings: RoleSettings::default(),
             callback: Some(ShimCallback { target: echo.to_string(), settings: CallbackSettings::default() }),
+            proxy: openshell_driver_bridge::connect::proxy::ProxySetting::Off,
         },
         shutdown.clone(),
     )?;

@@ -1,5 +1,6 @@
-//! The shim's link to one upstream, step by step as the shim walks it: TCP
-//! connect, the mTLS handshake with an HTTP/2 opening (a refused client
+//! The shim's link to one upstream, step by step as the shim walks it: the
+//! proxy it goes through (if any), TCP connect (to the proxy, then the
+//! proxy's answer to CONNECT), the mTLS handshake with an HTTP/2 opening (a refused client
 //! certificate only shows after it), then `GetCapabilities` through relay
 //! and driver. Each failure names its likely cause.
 
@@ -16,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::connect::open::PREFACE;
+use crate::connect::proxy::{self, ProxyUrl, Route};
 use crate::connect::tcp::tune_tcp;
 use crate::connect::tls::TlsConnector;
 use crate::connect::Connector;
@@ -45,6 +47,8 @@ pub(super) enum ClientTls {
 /// TCP, TLS and GetCapabilities to one upstream, as the shim reaches it.
 pub(super) struct LinkCheck<'a> {
     pub(super) upstream: &'a Upstream,
+    /// Directly or through a proxy, and why.
+    pub(super) route: &'a Route,
     pub(super) name: Option<ServerName<'static>>,
     pub(super) tls: &'a ClientTls,
     pub(super) files: &'a TlsFiles,
@@ -55,17 +59,43 @@ pub(super) struct LinkCheck<'a> {
 impl LinkCheck<'_> {
     pub(super) async fn run(self, report: &mut Report) {
         let authority = self.upstream.authority();
-        let tcp = match tcp_connect(&authority, self.timeout).await {
+        report.record("proxy", Outcome::Pass(format!("{authority} {}", self.route)));
+        let connected = match self.route.proxy() {
+            None => tcp_connect(&authority, self.timeout).await,
+            Some(proxy) => proxy_connect(&proxy, self.timeout).await,
+        };
+        let mut tcp = match connected {
             Ok((stream, detail)) => {
                 report.record("tcp-connect", Outcome::Pass(detail));
                 stream
             }
             Err(outcome) => {
                 report.record("tcp-connect", outcome);
-                report.skip(&["tls-handshake", "get-capabilities"], &format!("no TCP connection to {authority}"));
+                let mut later = vec!["tls-handshake", "get-capabilities"];
+                if self.route.proxy().is_some() {
+                    later.insert(0, "proxy-connect");
+                }
+                report.skip(
+                    &later,
+                    &format!("no TCP connection to {}", self.route.proxy().map_or(authority, |p| p.to_string())),
+                );
                 return;
             }
         };
+        if let Some(proxy) = self.route.proxy() {
+            let started = Instant::now();
+            match proxy::open_tunnel(&mut tcp, &proxy, &authority, self.timeout).await {
+                Ok(answer) => {
+                    let detail = format!("CONNECT {authority}: {} in {}", answer.line, ms(started.elapsed()));
+                    report.record("proxy-connect", Outcome::Pass(detail));
+                }
+                Err(e) => {
+                    report.record("proxy-connect", fail(e.0.clone(), tunnel_hint(&e.0, &proxy, &authority)));
+                    report.skip(&["tls-handshake", "get-capabilities"], "the proxy opened no tunnel");
+                    return;
+                }
+            }
+        }
         let config = match self.tls {
             ClientTls::Ready(config) => config.clone(),
             ClientTls::Unusable => {
@@ -240,6 +270,7 @@ impl LinkCheck<'_> {
             server_name: name,
             config: Arc::new(ArcSwap::new(config)),
             live: None,
+            proxy: self.route.proxy(),
         });
         let uri = format!("https://{}", self.upstream.authority());
         match call_capabilities(&uri, connector, self.timeout).await {
@@ -272,6 +303,39 @@ impl LinkCheck<'_> {
             }
             _ => "the driver or the relay answered with an error: see their logs".into(),
         }
+    }
+}
+
+/// TCP to the proxy, as the shim opens it.
+async fn proxy_connect(proxy: &ProxyUrl, timeout: Duration) -> Result<(TcpStream, String), Outcome> {
+    let started = Instant::now();
+    match proxy::connect_proxy(proxy, timeout).await {
+        Ok(stream) => Ok((stream, format!("proxy {proxy} connected in {}", ms(started.elapsed())))),
+        Err(e) => {
+            let hint = if e.0.contains("connection refused") {
+                format!("nothing listens on {}: is the proxy running, and is this its address?", proxy.authority())
+            } else {
+                "check the proxy's address (--proxy or the variable named in the proxy step) and the network path to it"
+                    .into()
+            };
+            Err(fail(e.0, hint))
+        }
+    }
+}
+
+/// What to do when the proxy opened no tunnel.
+fn tunnel_hint(error: &str, proxy: &ProxyUrl, authority: &str) -> String {
+    if error.contains("wants credentials") {
+        "give the proxy's credentials in the URL: --proxy http://USER:PASSWORD@HOST:PORT (or in the variable named in the proxy step)".into()
+    } else if error.contains("refused the credentials") {
+        format!(
+            "the proxy does not accept the password of user {}: fix it in the proxy URL",
+            proxy.user().unwrap_or_default()
+        )
+    } else if error.contains("refused the tunnel") {
+        format!("the proxy's policy does not allow CONNECT to {authority}: ask its operator to allow this host and port, or exempt it with no_proxy")
+    } else {
+        format!("is {} an HTTP proxy that allows CONNECT? see its log", proxy.authority())
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 
 use crate::cli::args::ShimArgs;
+use crate::connect::proxy::Route;
 use crate::describe::describe_io_error;
 use crate::role::shim::ShimConfig;
 use crate::tls::config::client_config;
@@ -27,6 +28,7 @@ const SHIM_STEPS: &[&str] = &[
     "validity",
     "peer-name",
     "socket",
+    "proxy",
     "tcp-connect",
     "tls-handshake",
     "get-capabilities",
@@ -54,7 +56,17 @@ pub(super) async fn check_shim(args: &ShimArgs, timeout: Duration, report: &mut 
         None => ClientTls::Unusable,
     };
     for (upstream, name) in config.upstreams.iter().zip(names) {
-        let link = LinkCheck { upstream, name, tls: &tls, files: &config.tls, identity: identity.as_ref(), timeout };
+        // The configuration step already refused a proxy variable that does not parse.
+        let route = config.proxy.route(&upstream.host, upstream.port).unwrap_or_else(Route::Direct);
+        let link = LinkCheck {
+            upstream,
+            route: &route,
+            name,
+            tls: &tls,
+            files: &config.tls,
+            identity: identity.as_ref(),
+            timeout,
+        };
         link.run(report).await;
     }
     super::callback::check_shim(&config, timeout, report).await;

@@ -18,6 +18,7 @@ use crate::callback::relay::RelayCallback;
 use crate::callback::shim::ShimCallback;
 use crate::callback::CallbackSettings;
 use crate::connect::dialer::DialSettings;
+use crate::connect::proxy::ProxySetting;
 use crate::pipeline::ServerSettings;
 use crate::role::relay::{DriverTarget, RelayConfig};
 use crate::role::shim::{ShimConfig, Upstream};
@@ -283,6 +284,10 @@ pub struct ShimArgs {
     pub callback_target: Option<String>,
     #[command(flatten)]
     pub callback: CallbackLimitArgs,
+    /// Reach the upstreams through this HTTP CONNECT proxy, http://[USER:PASSWORD@]HOST:PORT, or `none` to ignore
+    /// grpc_proxy/https_proxy/http_proxy and no_grpc_proxy/no_proxy (which apply when this is not given).
+    #[arg(long, env = "OPENSHELL_BRIDGE_PROXY", value_name = "URL|none")]
+    pub proxy: Option<String>,
     #[command(flatten)]
     pub file: FileArgs,
     #[command(flatten)]
@@ -313,6 +318,14 @@ impl ShimArgs {
             }
             None => None,
         };
+        // Our own refusal, not clap's: it would repeat the value, password and all.
+        let proxy = match &self.proxy {
+            Some(text) => ProxySetting::from_flag(text).map_err(|e| format!("--proxy: {e}"))?,
+            None => ProxySetting::from_environment(),
+        };
+        for upstream in &upstreams {
+            proxy.route(&upstream.host, upstream.port).map_err(|e| format!("proxy: {e}"))?;
+        }
         Ok(ShimConfig {
             socket: self.socket.clone(),
             upstreams,
@@ -320,6 +333,7 @@ impl ShimArgs {
             expect_server,
             tls: self.tls.files(),
             allow_uids: self.allow_uids.clone(),
+            proxy,
             settings: self.tuning.settings(&self.admin),
             callback,
         })
@@ -613,6 +627,8 @@ fn render_effective(command: &clap::Command, matches: &ArgMatches, from_file: &B
                 .or(Some("false".to_owned())),
             clap::ArgAction::Append => (!raw.is_empty())
                 .then(|| format!("[{}]", raw.iter().map(|v| toml_scalar(v)).collect::<Vec<_>>().join(", "))),
+            // The proxy URL may carry a password: shown as user:***.
+            _ if name == "proxy" => raw.first().map(|v| toml_scalar(&crate::connect::proxy::redact(v))),
             _ => raw.first().map(|v| toml_scalar(v)),
         };
         match value {

@@ -335,6 +335,7 @@ mod tests {
         ("server-name", "\"relay.internal\""),
         ("expect-server", "[\"uri:spiffe://corp/relay\"]"),
         ("allow-uid", "[1001, 1002]"),
+        ("proxy", "\"http://u@proxy.corp:3128\""),
     ];
 
     /// The relay's own keys; `driver-socket` and `driver-url` exclude each
@@ -391,6 +392,7 @@ mod tests {
         assert_eq!(shim.server_name.as_deref(), Some("relay.internal"));
         assert_eq!(shim.expect_server, vec!["uri:spiffe://corp/relay"]);
         assert_eq!(shim.allow_uids, vec![1001, 1002]);
+        assert_eq!(shim.proxy.as_deref(), Some("http://u@proxy.corp:3128"));
         let check_shared = |admin: &crate::cli::args::AdminArgs,
                             tls: &crate::cli::args::TlsArgs,
                             tuning: &crate::cli::args::TuningArgs| {

@@ -4,6 +4,7 @@
 
 pub mod dialer;
 pub mod open;
+pub mod proxy;
 pub mod quiet_unix;
 pub mod severable;
 pub mod tcp;
@@ -43,6 +44,14 @@ pub enum Connector {
 impl Connector {
     /// A connection, each address and step given at most `timeout`.
     pub async fn connect(&self, timeout: Duration) -> Result<BoxIo, ConnectError> {
+        // Through a proxy, each step (TCP to the proxy, its answer to
+        // CONNECT, the TLS handshake) has its own limit and names the proxy
+        // when it runs out; one limit over all of them would name nothing.
+        if let Connector::Tls(tls) = self {
+            if tls.proxy.is_some() {
+                return tls.connect(timeout).await;
+            }
+        }
         let attempt = async {
             match self {
                 Connector::Tls(tls) => return tls.connect(timeout).await,

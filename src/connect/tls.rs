@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector as RustlsConnector;
 
+use super::proxy::ProxyUrl;
 use super::severable::LiveUpstreams;
 use super::tcp::connect_tcp;
 use super::{BoxIo, ConnectError};
@@ -26,6 +27,8 @@ pub struct TlsConnector {
     /// Where open connections are registered, so that a reload revoking
     /// the server's certificate can sever them (the shim's upstreams).
     pub live: Option<LiveUpstreams>,
+    /// The HTTP CONNECT proxy to tunnel through, if any.
+    pub proxy: Option<Arc<ProxyUrl>>,
 }
 
 impl TlsConnector {
@@ -33,6 +36,22 @@ impl TlsConnector {
     /// with `timeout` for TCP and again for the TLS handshake: an address
     /// that swallows packets does not use up the time of the others.
     pub async fn connect(&self, timeout: Duration) -> Result<BoxIo, ConnectError> {
+        if let Some(proxy) = &self.proxy {
+            // The proxy resolves the upstream's name; TLS runs end to end.
+            let tunnel = super::proxy::tunnel(proxy, &self.address, timeout).await?;
+            let connector = RustlsConnector::from(self.config.load_full());
+            return match tokio::time::timeout(timeout, connector.connect(self.server_name.clone(), tunnel)).await {
+                Ok(Ok(stream)) => Ok(Box::new(stream)),
+                Ok(Err(e)) => Err(ConnectError(format!(
+                    "TLS handshake through proxy {proxy} failed: {}",
+                    describe_tls_io_error(&e)
+                ))),
+                Err(_) => Err(ConnectError(format!(
+                    "TLS handshake through proxy {proxy}: no answer within {} ms",
+                    timeout.as_millis()
+                ))),
+            };
+        }
         let addrs: Vec<_> = tokio::time::timeout(timeout, tokio::net::lookup_host(&self.address))
             .await
             .map_err(|_| {

@@ -76,6 +76,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             expect_server: vec![],
             tls: tls_files(&pki.ca, &pki.client_cert, &pki.client_key),
             allow_uids: vec![],
+            // Everything is on this machine: no proxy from the environment.
+            proxy: crate::connect::proxy::ProxySetting::Off,
             settings: RoleSettings { drain_timeout: DRAIN, ..RoleSettings::default() },
             callback: Some(ShimCallback { target: gateway_addr.to_string(), settings: CallbackSettings::default() }),
         },

@@ -13,6 +13,7 @@ use crate::admit::policy::Policy;
 use crate::admit::Forwarder;
 use crate::callback::shim::ShimCallback;
 use crate::connect::dialer::{Dialer, Target};
+use crate::connect::proxy::{ProxySetting, Route};
 use crate::connect::severable::LiveUpstreams;
 use crate::connect::{tls::TlsConnector, Connector};
 use crate::listen::uds::{self, PrivateSocket};
@@ -85,6 +86,8 @@ pub struct ShimConfig {
     pub expect_server: Vec<IdentityPattern>,
     pub tls: TlsFiles,
     pub allow_uids: Vec<u32>,
+    /// `--proxy`, or the proxy variables read at start.
+    pub proxy: ProxySetting,
     pub settings: RoleSettings,
     /// Carry sandboxes' connections back to the gateway (`--callback-target`).
     pub callback: Option<ShimCallback>,
@@ -111,8 +114,12 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
     let targets = config
         .upstreams
         .iter()
-        .map(|upstream| target_for(upstream, config.server_name.as_deref(), &tls, &live))
+        .map(|upstream| {
+            let route = config.proxy.route(&upstream.host, upstream.port).map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
+            target_for(upstream, config.server_name.as_deref(), &tls, &route, &live)
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let routes = describe_routes(&config)?;
     let dialer = Dialer::new("upstream", targets, config.settings.dial.clone());
     let forwarder = Forwarder::new("shim", dialer, Policy::LocalPeers, config.settings.forward.clone());
     // The callback link: the same identity and upstreams, its own ALPN protocol.
@@ -122,7 +129,11 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
             let targets = config
                 .upstreams
                 .iter()
-                .map(|upstream| target_for(upstream, config.server_name.as_deref(), &callback_tls, &live))
+                .map(|upstream| {
+                    let route =
+                        config.proxy.route(&upstream.host, upstream.port).map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
+                    target_for(upstream, config.server_name.as_deref(), &callback_tls, &route, &live)
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Some(Dialer::new("callback upstream", targets, config.settings.dial.clone()))
         }
@@ -150,6 +161,7 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
     tracing::info!(
         socket = %config.socket.display(),
         upstreams = %forwarder.dialer().labels().join(", "),
+        proxy = %routes,
         server_name = config.server_name.as_deref().unwrap_or("(the upstream's host)"),
         expect_server = %config.expect_server.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         identity = %describe_certificate(certificate.as_ref()),
@@ -192,6 +204,7 @@ fn target_for(
     upstream: &Upstream,
     server_name: Option<&str>,
     tls: &Arc<ArcSwap<rustls::ClientConfig>>,
+    route: &Route,
     live: &LiveUpstreams,
 ) -> anyhow::Result<Target> {
     let name = server_name.unwrap_or(&upstream.host).to_owned();
@@ -205,12 +218,24 @@ fn target_for(
             server_name,
             config: tls.clone(),
             live: Some(live.clone()),
+            proxy: route.proxy(),
         }),
         scheme: Scheme::HTTPS,
         authority,
         label: format!("upstream {}", upstream.authority()),
         network: true,
     })
+}
+
+/// How each upstream is reached: `relay:7443 via proxy http://user:***@proxy:3128
+/// (https_proxy)`, or `relay:7443 direct (no_proxy entry ".corp" matches; ...)`.
+pub fn describe_routes(config: &ShimConfig) -> anyhow::Result<String> {
+    let mut parts = Vec::new();
+    for upstream in &config.upstreams {
+        let route = config.proxy.route(&upstream.host, upstream.port).map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
+        parts.push(format!("{} {route}", upstream.authority()));
+    }
+    Ok(parts.join("; "))
 }
 
 #[cfg(test)]

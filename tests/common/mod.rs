@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openshell_driver_bridge::admit::policy::{Access, Rule};
 use openshell_driver_bridge::connect::dialer::DialSettings;
+use openshell_driver_bridge::connect::proxy::ProxySetting;
 use openshell_driver_bridge::demo::driver::{DemoDriver, DemoOptions};
 use openshell_driver_bridge::listen::uds::{own_uid, PrivateSocket};
 use openshell_driver_bridge::pki::{self, Ca, LeafSpec};
@@ -142,6 +143,7 @@ pub fn shim_config(pki: &TestPki, socket: &Path, relay: SocketAddr) -> ShimConfi
         expect_server: vec![],
         tls: pki.client_tls(),
         allow_uids: vec![],
+        proxy: ProxySetting::Off,
         settings: quick_settings(),
         callback: None,
     }
@@ -447,6 +449,7 @@ pub async fn relay_tls(addr: SocketAddr, pki: &TestPki) -> openshell_driver_brid
         server_name: rustls::pki_types::ServerName::try_from("localhost").unwrap(),
         config: Arc::new(arc_swap::ArcSwap::from_pointee(config)),
         live: None,
+        proxy: None,
     };
     connector.connect(Duration::from_secs(5)).await.unwrap()
 }

@@ -142,6 +142,7 @@ fn world() -> &'static World {
             server_name: ServerName::try_from("localhost").expect("name"),
             config: Arc::new(arc_swap::ArcSwap::from_pointee(tls)),
             live: None,
+            proxy: None,
         };
         World { runtime, relay, connector, script, accepted, ended, _shutdown: shutdown, _dir: dir }
     })
