@@ -336,6 +336,9 @@ mod tests {
         ("expect-server", "[\"uri:spiffe://corp/relay\"]"),
         ("allow-uid", "[1001, 1002]"),
         ("proxy", "\"http://u@proxy.corp:3128\""),
+        ("callback-target", "\"127.0.0.1:8443\""),
+        ("callback-max-connections", "77"),
+        ("callback-idle-timeout", "\"9m\""),
     ];
 
     /// The relay's own keys; `driver-socket` and `driver-url` exclude each
@@ -348,6 +351,10 @@ mod tests {
         ("allow-any-client", "true"),
         ("max-handshakes", "5"),
         ("max-handshakes-per-source", "2"),
+        ("callback-listen", "\"0.0.0.0:9443\""),
+        ("callback-client", "\"dns:gw\""),
+        ("callback-max-connections", "78"),
+        ("callback-idle-timeout", "\"8m\""),
     ];
 
     /// Writes `keys` in a file, parses `role --config FILE` and checks that
@@ -392,6 +399,9 @@ mod tests {
         assert_eq!(shim.server_name.as_deref(), Some("relay.internal"));
         assert_eq!(shim.expect_server, vec!["uri:spiffe://corp/relay"]);
         assert_eq!(shim.allow_uids, vec![1001, 1002]);
+        assert_eq!(shim.callback_target.as_deref(), Some("127.0.0.1:8443"));
+        assert_eq!(shim.callback.callback_max_connections, 77);
+        assert_eq!(shim.callback.callback_idle_timeout, Duration::from_secs(540));
         assert_eq!(shim.proxy.as_deref(), Some("http://u@proxy.corp:3128"));
         let check_shared = |admin: &crate::cli::args::AdminArgs,
                             tls: &crate::cli::args::TlsArgs,
@@ -425,6 +435,10 @@ mod tests {
             let (parsed, _dir) = parse_file("relay", &[RELAY_KEYS, SHARED_KEYS, &[(driver_key, driver_value)]]);
             let Role::Relay(relay) = parsed.cli.command else { panic!("not relay") };
             assert_eq!(relay.listen, "127.0.0.1:7443");
+            assert_eq!(relay.callback_listen.as_deref(), Some("0.0.0.0:9443"));
+            assert_eq!(relay.callback_client.as_deref(), Some("dns:gw"));
+            assert_eq!(relay.callback.callback_max_connections, 78);
+            assert_eq!(relay.callback.callback_idle_timeout, Duration::from_secs(480));
             if driver_key == "driver-socket" {
                 assert_eq!(relay.driver_socket, Some(PathBuf::from("/run/driver/d.sock")));
                 assert_eq!(relay.driver_url, None);

@@ -215,6 +215,11 @@ impl Metrics {
         lock(&self.handshake_failures).values().sum()
     }
 
+    /// Handshake failures counted so far for `reason`.
+    pub fn handshake_failures_for(&self, reason: &str) -> u64 {
+        lock(&self.handshake_failures).get(reason).copied().unwrap_or(0)
+    }
+
     pub fn in_flight(&self) -> i64 {
         self.in_flight.load(Ordering::Relaxed)
     }
