@@ -27,6 +27,7 @@ pub mod role;
 pub mod run;
 pub mod shutdown;
 pub mod tls;
+pub mod watch;
 
 pub mod proto {
     //! The contract's generated types, used where the bridge itself speaks

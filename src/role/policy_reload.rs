@@ -17,7 +17,6 @@ use std::time::Duration;
 use crate::admit::policy::Policy;
 use crate::admit::Forwarder;
 use crate::shutdown::Shutdown;
-use crate::tls::reload::stamp;
 
 /// Where the policy comes from, and how to read it again.
 #[derive(Clone)]
@@ -37,26 +36,8 @@ impl std::fmt::Debug for PolicySource {
 
 /// Keeps `forwarder`'s policy current with `source` until draining.
 pub fn keep_current(source: PolicySource, forwarder: Forwarder, interval: Duration, shutdown: Shutdown) {
-    tokio::spawn(async move {
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let files = vec![source.file.clone()];
-        let mut seen = stamp(&files);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let forced = tokio::select! {
-                _ = ticker.tick() => false,
-                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-                _ = shutdown.draining().cancelled() => return,
-            };
-            let now = stamp(&files);
-            if !forced && now == seen {
-                continue;
-            }
-            seen = now;
-            reload(&source, &forwarder, if forced { "SIGHUP" } else { "file change" });
-        }
-    });
+    let files = vec![source.file.clone()];
+    crate::watch::on_change("access policy", files, interval, shutdown, move |why| reload(&source, &forwarder, why));
 }
 
 /// Reads the policy once more and puts it in force, or keeps the running one.

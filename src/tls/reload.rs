@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -19,22 +19,6 @@ use crate::shutdown::Shutdown;
 use crate::tls::config::{record_expiry, ExpirySink, TlsConfigError, TlsFiles};
 use crate::tls::crl;
 use crate::tls::material::CertInfo;
-
-/// What identifies a file's version without reading it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Stamp(Vec<Option<(SystemTime, u64, u64)>>);
-
-pub(crate) fn stamp(files: &[PathBuf]) -> Stamp {
-    use std::os::unix::fs::MetadataExt;
-    Stamp(
-        files
-            .iter()
-            .map(|f| {
-                std::fs::metadata(f).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), m.ino()))
-            })
-            .collect(),
-    )
-}
 
 /// What a reloader tells others: when certificates expire, when each CRL
 /// should be superseded, and that new material is in force.
@@ -126,39 +110,14 @@ fn spawn<T, F>(
     T: Send + Sync + 'static,
     F: Fn() -> Result<T, TlsConfigError> + Send + Sync + 'static,
 {
-    tokio::spawn(async move {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(signal) => Some(signal),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; certificates reload on file change only");
-                None
-            }
-        };
-        let mut seen = stamp(&files);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let forced = tokio::select! {
-                _ = ticker.tick() => false,
-                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-                _ = shutdown.draining().cancelled() => return,
-            };
-            let now = stamp(&files);
-            if !forced && now == seen {
-                continue;
-            }
-            seen = now;
-            let why = if forced { "SIGHUP" } else { "file change" };
-            match build() {
-                Ok(config) => {
-                    cell.store(Arc::new(config));
-                    tracing::info!(material = label, trigger = why, "TLS material reloaded; new connections use it");
-                    after();
-                }
-                Err(e) => {
-                    tracing::error!(material = label, trigger = why, error = %e, "new TLS material refused; keeping the previous");
-                }
-            }
+    crate::watch::on_change(label, files, interval, shutdown, move |why| match build() {
+        Ok(config) => {
+            cell.store(Arc::new(config));
+            tracing::info!(material = label, trigger = why, "TLS material reloaded; new connections use it");
+            after();
+        }
+        Err(e) => {
+            tracing::error!(material = label, trigger = why, error = %e, "new TLS material refused; keeping the previous");
         }
     });
 }
