@@ -122,18 +122,9 @@ fn describe(path: &Path, der: CertificateRevocationListDer<'static>) -> Result<C
     Ok(crl)
 }
 
-/// `2026-12-01 10:00:00 UTC`.
+/// `2026-12-01 10:00:00 UTC`, as certificate dates are written.
 pub fn utc(at: OffsetDateTime) -> String {
-    let t = at.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    super::material::Utc(at).to_string()
 }
 
 /// Logs a CRL whose nextUpdate has passed or is near (at start and reload).

@@ -30,7 +30,7 @@ use std::path::Path;
 
 pub use self::certs::{cert_info, load_cert_info, load_certs, load_roots, CertInfo};
 pub use self::key::{load_certified_key, load_key, ALLOW_LOOSE_KEY_PERMISSIONS_FLAG};
-pub use self::validity::{check_validity, require_valid, warn_on_expiry, Validity};
+pub use self::validity::{check_validity, require_valid, warn_on_expiry, Utc, Validity};
 
 /// What went wrong, for callers that react differently to different
 /// problems (for example a reload that keeps the old material).

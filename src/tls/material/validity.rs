@@ -104,7 +104,7 @@ pub fn warn_on_expiry(flag: &str, path: &Path, info: &CertInfo) -> Validity {
 
 /// Formats a timestamp as `2025-01-31 12:00:00 UTC` without depending on
 /// the `time` crate's formatting feature.
-struct Utc(OffsetDateTime);
+pub struct Utc(pub OffsetDateTime);
 
 impl fmt::Display for Utc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
