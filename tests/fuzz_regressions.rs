@@ -45,3 +45,33 @@ fn proxy_seeds() {
         proxy::run(&std::fs::read(&file).unwrap());
     }
 }
+
+#[path = "../fuzz/fuzz_targets/common/config_file.rs"]
+mod config_file;
+#[path = "../fuzz/fuzz_targets/common/identity_pattern.rs"]
+mod identity_pattern;
+#[path = "../fuzz/fuzz_targets/common/material_pem.rs"]
+mod material_pem;
+#[path = "../fuzz/fuzz_targets/common/upstream.rs"]
+mod upstream;
+
+/// Every regression input of the parsers' fuzz targets through the same
+/// check the target runs: each once broke a property, and must not again.
+#[test]
+fn parser_regressions() {
+    let targets: [(&str, fn(&[u8])); 4] = [
+        ("config_file", config_file::check),
+        ("identity_pattern", identity_pattern::check),
+        ("material_pem", material_pem::check),
+        ("upstream", upstream::check),
+    ];
+    for (target, check) in targets {
+        let files = inputs_of("regressions", target);
+        assert!(!files.is_empty(), "no inputs under fuzz/regressions/{target}");
+        for file in files {
+            let data = std::fs::read(&file).unwrap();
+            eprintln!("{}: {} bytes", file.display(), data.len());
+            check(&data);
+        }
+    }
+}
