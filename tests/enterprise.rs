@@ -206,7 +206,8 @@ async fn a_revoked_client_certificate_is_refused_from_the_start() {
     let verdict = handshake_verdict(site.relay.local_addr, &revoked).await;
     assert!(verdict.contains("revoked"), "{verdict}");
     assert_eq!(handshake_verdict(site.relay.local_addr, &site.client("gw-a")).await, "ok");
-    assert!(site.relay.forwarder.metrics().handshake_failures() >= 1);
+    let metrics = site.relay.forwarder.metrics().clone();
+    common::wait_for("the relay to count the refused handshake", || metrics.handshake_failures() >= 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
