@@ -90,6 +90,11 @@ where
     /// Sends the queued calls, in order, while the next hop is up and has
     /// streams free.
     pub(super) fn release_queued(&mut self) {
+        // The common case at the end of every call: nothing waits (and so
+        // no wait bound is set, and no queued byte is held back).
+        if self.queued.is_empty() {
+            return;
+        }
         while self.is_up() && self.calls.len() - self.queued.len() < self.up_max_streams {
             let Some(id) = self.queued.pop_first() else {
                 break;

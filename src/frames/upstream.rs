@@ -275,5 +275,7 @@ where
         self.upstream_settings(settings);
         self.answer_waiting_health();
         self.release_queued();
+        // The room the new connection gives the client, calls waiting or not.
+        self.grant_client();
     }
 }
