@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use openshell_driver_bridge::admit::policy::{Access, Rule};
+use openshell_driver_bridge::connect::proxy::ProxySetting;
 use openshell_driver_bridge::grpc::client::driver_client;
 use openshell_driver_bridge::pki::{self, Ca, LeafSpec};
 use openshell_driver_bridge::proto::compute::watch_sandboxes_event::Payload;
@@ -85,9 +86,15 @@ impl Site {
 
     /// A shim in front of the relay presenting `tls`.
     fn shim(&self, name: &str, tls: TlsFiles) -> RunningShim {
+        self.shim_via(name, tls, ProxySetting::Off)
+    }
+
+    /// A shim in front of the relay presenting `tls`, reaching it as `proxy` says.
+    fn shim_via(&self, name: &str, tls: TlsFiles, proxy: ProxySetting) -> RunningShim {
         let socket = self.dir.path().join(format!("{name}/shim.sock"));
         let mut config = shim_config(&self.pki, &socket, self.relay.local_addr);
         config.tls = tls;
+        config.proxy = proxy;
         shim::start(config, self.shutdown.clone()).unwrap()
     }
 }
@@ -231,12 +238,28 @@ async fn the_shim_refuses_a_revoked_relay_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_revokes_the_relay_certificate_closes_the_shims_open_connection() {
+    revoking_the_relay_certificate_closes_the_shims_open_connection(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_revokes_the_relay_certificate_closes_the_shims_connection_through_a_proxy() {
+    let test = "a_reload_that_revokes_the_relay_certificate_closes_the_shims_connection_through_a_proxy";
+    let Some(proxy) = common::tinyproxy::Tinyproxy::start(test, "") else { return };
+    revoking_the_relay_certificate_closes_the_shims_open_connection(Some(&proxy)).await;
+    assert!(proxy.log().contains("CONNECT 127.0.0.1:"), "the shim did not go through the proxy:\n{}", proxy.log());
+}
+
+async fn revoking_the_relay_certificate_closes_the_shims_open_connection(proxy: Option<&common::tinyproxy::Tinyproxy>) {
     let site = Site::start(|_, _, _| {}).await;
     let crl = site.dir.path().join("pki/shim.crl");
     write_crl(&site.pki.ca, &crl, &[], 1, in_a_week());
     let mut tls = site.client("gw-a");
     tls.crls = vec![crl.clone()];
-    let shim = site.shim("gw-a", tls);
+    let route = match proxy {
+        Some(proxy) => ProxySetting::from_flag(&proxy.url("")).unwrap(),
+        None => ProxySetting::Off,
+    };
+    let shim = site.shim_via("gw-a", tls, route);
     let mut watch = open_watch(&shim.socket).await;
     sees_created(&shim.socket, &mut watch, "before").await;
 

@@ -1,6 +1,7 @@
 //! Egress through an HTTP CONNECT proxy, with a real proxy: Debian's
 //! tinyproxy, started per test on a free loopback port from a generated
-//! configuration. The shim's mTLS runs end to end through the tunnel.
+//! configuration (`common/tinyproxy.rs`), plain or behind a TLS front (an
+//! `https://` proxy). The shim's mTLS runs end to end through the tunnel.
 //!
 //! Without tinyproxy installed the scenarios skip loudly;
 //! `OPENSHELL_BRIDGE_REQUIRE_INTEROP=1` (set in CI, which installs it)
@@ -9,116 +10,18 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::process::ProcessChain;
+use common::tinyproxy::{Tinyproxy, TlsFront};
 use common::*;
 use openshell_driver_bridge::connect::proxy::ProxySetting;
 use openshell_driver_bridge::grpc::client::driver_client;
 use openshell_driver_bridge::proto::compute::*;
+use openshell_driver_bridge::role::relay::{self, DriverTarget};
+use openshell_driver_bridge::role::shim::{self, ShimConfig, Upstream};
+use openshell_driver_bridge::shutdown::Shutdown;
 use tonic::Code;
-
-/// A tinyproxy process on loopback, killed when dropped.
-struct Tinyproxy {
-    binary: PathBuf,
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Tinyproxy {
-    /// Starts tinyproxy with `extra` configuration lines; None (after a
-    /// loud skip line) when it is not installed.
-    fn start(test: &str, extra: &str) -> Option<Tinyproxy> {
-        let binary = find_tinyproxy(test)?;
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port().port();
-        let config = format!(
-            "Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 50\nLogLevel Info\nAllow 127.0.0.1\nLogFile \"{}\"\n{extra}\n",
-            dir.path().join("tinyproxy.log").display()
-        );
-        std::fs::write(dir.path().join("tinyproxy.conf"), config).unwrap();
-        let mut proxy = Tinyproxy { binary, dir, port, child: None };
-        proxy.run();
-        Some(proxy)
-    }
-
-    fn run(&mut self) {
-        let child = Command::new(&self.binary)
-            .arg("-d")
-            .arg("-c")
-            .arg(self.dir.path().join("tinyproxy.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tinyproxy starts");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("tinyproxy did not listen on 127.0.0.1:{} within 5 s; log:\n{}", self.port, self.log());
-    }
-
-    /// Kills the proxy at once: every tunnel through it closes.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Kills it and starts it again on the same port.
-    fn restart(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_file(self.dir.path().join("tinyproxy.log"));
-        self.run();
-    }
-
-    fn url(&self, credentials: &str) -> String {
-        format!("http://{credentials}127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("tinyproxy.log")).unwrap_or_default()
-    }
-
-    /// How many CONNECTs to `target` the proxy logged.
-    fn connects_to(&self, target: SocketAddr) -> usize {
-        self.log().matches(&format!("CONNECT 127.0.0.1:{}", target.port())).count()
-    }
-}
-
-impl Drop for Tinyproxy {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn find_tinyproxy(test: &str) -> Option<PathBuf> {
-    let found = ["/usr/bin/tinyproxy", "/usr/sbin/tinyproxy", "/usr/local/bin/tinyproxy"]
-        .iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .map(Path::to_path_buf);
-    if found.is_none() {
-        let required = std::env::var("OPENSHELL_BRIDGE_REQUIRE_INTEROP").is_ok_and(|v| v == "1");
-        assert!(!required, "{test} needs tinyproxy (apt-get install tinyproxy); OPENSHELL_BRIDGE_REQUIRE_INTEROP=1");
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!(
-                "\n*** SKIPPED {test}: tinyproxy is not installed (apt-get install tinyproxy; \
-                 OPENSHELL_BRIDGE_REQUIRE_INTEROP=1 makes this a failure) ***\n"
-            )
-            .as_bytes(),
-        );
-    }
-    found
-}
 
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
@@ -140,8 +43,14 @@ async fn watch_end(watch: &mut tonic::Streaming<WatchSandboxesEvent>) -> tonic::
 }
 
 async fn chain_through(setting: ProxySetting) -> (Chain, openshell_driver_bridge::demo::driver::DemoDriver) {
+    chain_with(|shim| shim.proxy = setting).await
+}
+
+async fn chain_with(
+    tweak_shim: impl FnOnce(&mut ShimConfig),
+) -> (Chain, openshell_driver_bridge::demo::driver::DemoDriver) {
     let dir = tempfile::tempdir().unwrap();
-    let chain = Chain::start_with(dir, |_| {}, |shim| shim.proxy = setting).await;
+    let chain = Chain::start_with(dir, |_| {}, tweak_shim).await;
     let driver = openshell_driver_bridge::demo::driver::DemoDriver::new();
     openshell_driver_bridge::demo::serve(&chain.driver_socket, driver.clone(), chain.shutdown.clone()).unwrap();
     (chain, driver)
@@ -302,8 +211,13 @@ async fn print_config_names_each_upstreams_proxy_and_never_the_password() {
     assert!(!out.contains("hunter22"), "{out}");
 
     let (code, out) = bridge(&shim, &[("OPENSHELL_BRIDGE_PROXY", "https://bob:hunter22@proxy.corp:3128")]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("proxy = \"https://bob:***@proxy.corp:3128\"  # env"), "{out}");
+    assert!(!out.contains("hunter22"), "{out}");
+
+    let (code, out) = bridge(&shim, &[("OPENSHELL_BRIDGE_PROXY", "socks5://bob:hunter22@proxy.corp:1080")]).await;
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("--proxy: https:// to the proxy is not supported yet"), "{out}");
+    assert!(out.contains("--proxy: only the http:// and https:// schemes are supported"), "{out}");
     assert!(!out.contains("hunter22"), "{out}");
 }
 
@@ -330,6 +244,10 @@ async fn a_proxy_that_accepts_but_never_answers_connect_is_named_after_the_conne
 
 /// `check shim` against the chain's relay through `proxy`.
 async fn check_through(chain: &Chain, proxy: &str) -> (Option<i32>, String) {
+    check_through_with(chain, &["--proxy", proxy]).await
+}
+
+async fn check_through_with(chain: &Chain, proxy_args: &[&str]) -> (Option<i32>, String) {
     let socket = chain.dir.path().join("check/s.sock").display().to_string();
     let upstream = format!("https://127.0.0.1:{}", chain.relay.local_addr.port());
     let files = chain.pki.client_tls();
@@ -350,9 +268,8 @@ async fn check_through(chain: &Chain, proxy: &str) -> (Option<i32>, String) {
         &cert,
         "--key",
         &key,
-        "--proxy",
-        proxy,
     ];
+    let args: Vec<&str> = args.iter().chain(proxy_args).copied().collect();
     bridge(&args, &[]).await
 }
 
@@ -375,4 +292,232 @@ async fn check_shim_walks_the_proxy_steps() {
     assert!(out.contains("FAIL  proxy-connect") && out.contains("refused the credentials of user alice"), "{out}");
     assert!(out.contains("SKIP  tls-handshake     the proxy opened no tunnel"), "{out}");
     assert!(!out.contains("wr0ng"), "{out}");
+}
+
+// ---------------------------------------------------------------------------
+// https:// proxies: TLS to the proxy itself, then CONNECT inside it.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_proxy_verified_with_proxy_ca_carries_calls_and_a_watch() {
+    let Some(proxy) = Tinyproxy::start("an_https_proxy_verified_with_proxy_ca", "BasicAuth alice s3cret") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let front = TlsFront::start(dir.path(), proxy.port).await;
+    let url = front.url("alice:s3cret@");
+    let ca = front.ca_file.clone();
+    let (chain, _driver) = chain_with(|shim| {
+        shim.proxy = via(&url);
+        shim.proxy_ca = Some(ca);
+    })
+    .await;
+    let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
+    let caps = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(caps.driver_name, "demo");
+    gateway.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("over-tls-proxy")) }).await.unwrap();
+    let mut watch = gateway.watch_sandboxes(WatchSandboxesRequest {}).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap();
+    assert!(first.is_some(), "the watch ended at once");
+    // TLS to the proxy, then CONNECT (with the credentials) inside it.
+    assert!(front.handshakes() >= 1, "no TLS handshake with the proxy's front");
+    assert!(proxy.connects_to(chain.relay.local_addr) >= 1, "no CONNECT in the proxy's log:\n{}", proxy.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_proxy_whose_certificate_does_not_chain_to_proxy_ca_is_named_and_sent_nothing() {
+    let Some(proxy) = Tinyproxy::start("an_https_proxy_whose_certificate_does_not_chain", "") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let front = TlsFront::start(dir.path(), proxy.port).await;
+    let url = front.url("");
+    // The bridge's own CA: not the one that issued the proxy's certificate.
+    let (chain, _driver) = chain_with(|shim| {
+        shim.proxy = via(&url);
+        shim.proxy_ca = Some(shim.tls.ca.clone());
+    })
+    .await;
+    let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
+    let status = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let message = status.message();
+    assert!(message.contains(&format!("TLS to proxy {url} failed: ")), "{message}");
+    assert!(message.contains("--proxy-ca FILE"), "{message}");
+    assert_eq!(front.handshakes(), 0);
+    assert_eq!(proxy.connects_to(chain.relay.local_addr), 0, "CONNECT sent to an unverified proxy:\n{}", proxy.log());
+}
+
+/// Without `--proxy-ca`, the system's roots: here `SSL_CERT_FILE`, which
+/// the system's store honours, pointed at the proxy's CA, then at another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_proxy_is_verified_against_the_system_roots_without_proxy_ca() {
+    let Some(proxy) = Tinyproxy::start("an_https_proxy_is_verified_against_the_system_roots", "") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let front = TlsFront::start(dir.path(), proxy.port).await;
+    let url = front.url("");
+    let ca = front.ca_file.display().to_string();
+    let chain = ProcessChain::start(&[], &["--proxy", &url], &[("SSL_CERT_FILE", &ca)]).await;
+    let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
+    let caps = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(caps.driver_name, "demo");
+    assert!(front.handshakes() >= 1);
+
+    let other = tempfile::tempdir().unwrap();
+    let other_ca = TestPki::new(other.path()).ca_file.display().to_string();
+    let chain = ProcessChain::start(&[], &["--proxy", &url], &[("SSL_CERT_FILE", &other_ca)]).await;
+    let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
+    let status = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains(&format!("TLS to proxy {url} failed: ")), "{}", status.message());
+    assert!(status.message().contains("system's roots, or to --proxy-ca FILE"), "{}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_shim_walks_the_https_proxy_steps() {
+    let Some(proxy) = Tinyproxy::start("check_shim_walks_the_https_proxy_steps", "") else { return };
+    let (chain, _driver) = chain_through(ProxySetting::Off).await;
+    let front = TlsFront::start(chain.dir.path(), proxy.port).await;
+    let url = front.url("");
+    let port = chain.relay.local_addr.port();
+
+    let ca = front.ca_file.display().to_string();
+    let (code, out) = check_through_with(&chain, &["--proxy", &url, "--proxy-ca", &ca]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("TLS to the proxy verified against --proxy-ca {ca}")), "{out}");
+    assert!(out.contains(&format!("proxy-tls         TLS with proxy {url} in ")), "{out}");
+    assert!(out.contains(&format!("proxy-connect     CONNECT 127.0.0.1:{port}: HTTP/1.0 200 ")), "{out}");
+    assert!(out.contains("check: 13 passed, 0 failed"), "{out}");
+
+    let wrong = chain.pki.ca_file.display().to_string();
+    let (code, out) = check_through_with(&chain, &["--proxy", &url, "--proxy-ca", &wrong]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL  proxy-tls") && out.contains(&format!("TLS to proxy {url} failed")), "{out}");
+    assert!(out.contains("give its CA with --proxy-ca FILE"), "{out}");
+    assert!(out.contains("SKIP  proxy-connect     no TLS connection to the proxy"), "{out}");
+
+    let (code, out) = check_through_with(&chain, &["--proxy", &url, "--proxy-ca", "/nonexistent/proxy-ca.pem"]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("FAIL  proxy") && out.contains("--proxy-ca /nonexistent/proxy-ca.pem"), "{out}");
+}
+
+// ---------------------------------------------------------------------------
+// Fail-over and keepalive work through the proxy as without it.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_over_across_upstreams_works_through_the_proxy() {
+    let Some(proxy) = Tinyproxy::start("fail_over_across_upstreams_works_through_the_proxy", "") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let driver_socket = dir.path().join("driver/driver.sock");
+    let shim_socket = dir.path().join("shim/s.sock");
+    let (driver_stop, first_stop, second_stop, shim_stop) =
+        (Shutdown::new(), Shutdown::new(), Shutdown::new(), Shutdown::new());
+    let driver = openshell_driver_bridge::demo::driver::DemoDriver::new();
+    openshell_driver_bridge::demo::serve(&driver_socket, driver, driver_stop.clone()).unwrap();
+    let first =
+        relay::start(relay_config(&pki, DriverTarget::Unix(driver_socket.clone())), first_stop.clone()).await.unwrap();
+    let second =
+        relay::start(relay_config(&pki, DriverTarget::Unix(driver_socket.clone())), second_stop.clone()).await.unwrap();
+    let mut config = shim_config(&pki, &shim_socket, first.local_addr);
+    config.upstreams.push(Upstream { host: "127.0.0.1".into(), port: second.local_addr.port() });
+    config.proxy = via(&proxy.url(""));
+    let _shim = shim::start(config, shim_stop.clone()).unwrap();
+
+    let mut gateway = driver_client(&shim_socket).await.unwrap();
+    gateway.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("first")) }).await.unwrap();
+    let mut watch = gateway.watch_sandboxes(WatchSandboxesRequest {}).await.unwrap().into_inner();
+    tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap();
+    assert!(proxy.connects_to(first.local_addr) >= 1, "{}", proxy.log());
+    assert_eq!(proxy.connects_to(second.local_addr), 0, "{}", proxy.log());
+
+    // The first relay goes away: the watch ends, the next call fails over.
+    first_stop.stop_now();
+    let status = tokio::time::timeout(Duration::from_secs(20), watch_end(&mut watch)).await.unwrap();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let caps = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(caps.driver_name, "demo");
+    assert!(proxy.connects_to(second.local_addr) >= 1, "no CONNECT to the second upstream:\n{}", proxy.log());
+    for stop in [driver_stop, second_stop, shim_stop] {
+        stop.stop_now();
+    }
+}
+
+/// Opens a watch through a shim (keepalive as `tweak` leaves it) behind a
+/// proxy that closes tunnels idle for 3 s, waits `idle`, then creates a
+/// sandbox: the watch's end status, or None when the event arrived.
+async fn idle_watch_through(proxy: &Tinyproxy, idle: Duration, keepalive: bool) -> Option<tonic::Status> {
+    let url = proxy.url("");
+    let (chain, _driver) = chain_with(|shim| {
+        shim.proxy = via(&url);
+        if !keepalive {
+            shim.settings.dial.keepalive_interval = None;
+        }
+    })
+    .await;
+    let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
+    gateway.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("before")) }).await.unwrap();
+    let mut watch = gateway.watch_sandboxes(WatchSandboxesRequest {}).await.unwrap().into_inner();
+    tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap();
+    // Let the first events settle, then say nothing for `idle`.
+    while let Ok(next) = tokio::time::timeout(Duration::from_millis(500), watch.message()).await {
+        if let Err(status) = next {
+            return Some(status);
+        }
+    }
+    if let Ok(next) = tokio::time::timeout(idle, watch.message()).await {
+        return Some(next.err().unwrap_or_else(|| tonic::Status::unknown("an event arrived while idle")));
+    }
+    let mut other = driver_client(&chain.shim_socket).await.unwrap();
+    if let Err(status) = other.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("after")) }).await {
+        return Some(status);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(10), watch.message()).await {
+            Ok(Ok(Some(event))) if format!("{event:?}").contains("\"after\"") => return None,
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => return Some(tonic::Status::ok("ended cleanly")),
+            Ok(Err(status)) => return Some(status),
+            Err(_) => break,
+        }
+    }
+    Some(tonic::Status::deadline_exceeded("the event created after the idle period did not arrive"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_holds_an_idle_tunnel_open_past_the_proxys_idle_timeout() {
+    let Some(proxy) = Tinyproxy::start_with_idle_timeout("keepalive_holds_an_idle_tunnel_open", 3, "") else {
+        return;
+    };
+    // Pings every second (quick_dial) cross the tunnel: 8 s idle is nothing.
+    let ended = idle_watch_through(&proxy, Duration::from_secs(8), true).await;
+    assert!(ended.is_none(), "the watch ended through a kept-alive tunnel: {ended:?}\n{}", proxy.log());
+    // Without them the proxy closes the idle tunnel (the relay pings only
+    // every 10 s): the idle timeout is real, and keepalive is what beat it.
+    let ended = idle_watch_through(&proxy, Duration::from_secs(8), false).await;
+    let status = ended.expect("without keepalive the proxy's idle timeout closes the tunnel");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_notices_a_frozen_proxy_and_the_next_call_takes_a_new_tunnel() {
+    let Some(proxy) = Tinyproxy::start("keepalive_notices_a_frozen_proxy", "") else { return };
+    let (chain, _driver) = chain_through(via(&proxy.url(""))).await;
+    let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
+    gateway.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("before")) }).await.unwrap();
+    let mut watch = gateway.watch_sandboxes(WatchSandboxesRequest {}).await.unwrap().into_inner();
+    tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap();
+
+    // Frozen: the tunnel stays open and carries nothing. Keepalive (1 s
+    // interval, 1 s timeout in quick_dial) must end the watch, not TCP.
+    proxy.freeze();
+    let frozen = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(20), watch_end(&mut watch)).await.unwrap();
+    let noticed = frozen.elapsed();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("keepalive"), "{}", status.message());
+    assert!(noticed < Duration::from_secs(10), "noticed after {noticed:?}");
+
+    proxy.thaw();
+    let caps = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(caps.driver_name, "demo");
+    assert!(proxy.connects_to(chain.relay.local_addr) >= 2, "no new tunnel:\n{}", proxy.log());
 }

@@ -64,6 +64,7 @@ pub async fn run(quick: bool) -> anyhow::Result<()> {
             settings: RoleSettings::default(),
             callback: Some(ShimCallback { target: echo.to_string(), settings: CallbackSettings::default() }),
             proxy: openshell_driver_bridge::connect::proxy::ProxySetting::Off,
+            proxy_ca: None,
         },
         shutdown.clone(),
     )?;

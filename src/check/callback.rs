@@ -12,19 +12,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::words::{ms, span};
 use super::{fail, Outcome, Report};
 use crate::callback::ALPN_CALLBACK;
-use crate::describe::{describe_io_error, describe_tls_io_error};
+use crate::connect::proxy::ProxyHop;
+use crate::connect::tls::TlsConnector;
+use crate::describe::describe_io_error;
 use crate::role::relay::RelayConfig;
 use crate::role::shim::{ShimConfig, Upstream};
 use crate::tls::config::{client_config, with_alpn};
 
 /// The shim's callback steps; nothing when it has no `--callback-target`.
-pub(super) async fn check_shim(config: &ShimConfig, timeout: Duration, report: &mut Report) {
+pub(super) async fn check_shim(config: &ShimConfig, hops: &[Option<ProxyHop>], timeout: Duration, report: &mut Report) {
     let Some(callback) = &config.callback else {
         return;
     };
@@ -36,8 +39,9 @@ pub(super) async fn check_shim(config: &ShimConfig, timeout: Duration, report: &
             return;
         }
     };
-    for upstream in &config.upstreams {
-        report.record("callback-link", link(upstream, config.server_name.as_deref(), tls.clone(), timeout).await);
+    for (upstream, hop) in config.upstreams.iter().zip(hops) {
+        let outcome = link(upstream, config.server_name.as_deref(), tls.clone(), hop.clone(), timeout).await;
+        report.record("callback-link", outcome);
     }
 }
 
@@ -72,11 +76,13 @@ async fn target(target: &str, timeout: Duration) -> Outcome {
     }
 }
 
-/// One callback link opened and closed again, as the shim opens it.
+/// One callback link opened and closed again, as the shim opens it
+/// (through its proxy, if it has one).
 async fn link(
     upstream: &Upstream,
     server_name: Option<&str>,
     tls: Arc<rustls::ClientConfig>,
+    proxy: Option<ProxyHop>,
     timeout: Duration,
 ) -> Outcome {
     let authority = upstream.authority();
@@ -85,25 +91,22 @@ async fn link(
         return Outcome::Skip(format!("{name:?} is not a valid server name (see peer-name)"));
     };
     let started = Instant::now();
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&authority)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return fail(format!("{authority}: {}", describe_io_error(&e)), "see tcp-connect"),
-        Err(_) => return fail(format!("{authority}: no connection within {}", span(timeout)), "see tcp-connect"),
+    let connector = TlsConnector {
+        address: authority.clone(),
+        server_name: name,
+        config: Arc::new(ArcSwap::new(tls)),
+        live: None,
+        proxy,
     };
-    let connector = tokio_rustls::TlsConnector::from(tls);
-    let stream = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            let why = describe_tls_io_error(&e);
-            let hint = if why.to_ascii_lowercase().contains("application") {
+    let stream = match connector.connect(timeout).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            let hint = if e.0.to_ascii_lowercase().contains("application") {
                 "the relay does not speak the callback protocol: upgrade it, and give it --callback-listen"
             } else {
-                "see tls-handshake"
+                "see tcp-connect and tls-handshake"
             };
-            return fail(format!("{authority}: {why}"), hint);
-        }
-        Err(_) => {
-            return fail(format!("{authority}: TLS handshake: no answer within {}", span(timeout)), "see tls-handshake")
+            return fail(format!("{authority}: {e}"), hint);
         }
     };
     match tokio::time::timeout(timeout, h2::server::handshake(stream)).await {

@@ -17,10 +17,10 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::connect::open::PREFACE;
-use crate::connect::proxy::{self, ProxyUrl, Route};
+use crate::connect::proxy::{self, ProxyHop, ProxyUrl, Route};
 use crate::connect::tcp::tune_tcp;
 use crate::connect::tls::TlsConnector;
-use crate::connect::Connector;
+use crate::connect::{BoxIo, Connector};
 use crate::describe::{describe_io_error, describe_tls_io_error};
 use crate::role::shim::Upstream;
 use crate::tls::config::TlsFiles;
@@ -49,6 +49,10 @@ pub(super) struct LinkCheck<'a> {
     pub(super) upstream: &'a Upstream,
     /// Directly or through a proxy, and why.
     pub(super) route: &'a Route,
+    /// The proxy as the shim reaches it (with TLS for `https://`).
+    pub(super) hop: Option<ProxyHop>,
+    /// Where an `https://` proxy's certificate must chain to.
+    pub(super) proxy_roots: &'a str,
     pub(super) name: Option<ServerName<'static>>,
     pub(super) tls: &'a ClientTls,
     pub(super) files: &'a TlsFiles,
@@ -59,39 +63,70 @@ pub(super) struct LinkCheck<'a> {
 impl LinkCheck<'_> {
     pub(super) async fn run(self, report: &mut Report) {
         let authority = self.upstream.authority();
-        report.record("proxy", Outcome::Pass(format!("{authority} {}", self.route)));
-        let connected = match self.route.proxy() {
-            None => tcp_connect(&authority, self.timeout).await,
-            Some(proxy) => proxy_connect(&proxy, self.timeout).await,
+        let tls_to_proxy = self.hop.as_ref().is_some_and(|hop| hop.url.tls);
+        let roots = if tls_to_proxy {
+            format!("; TLS to the proxy verified against {}", self.proxy_roots)
+        } else {
+            String::new()
         };
-        let mut tcp = match connected {
+        report.record("proxy", Outcome::Pass(format!("{authority} {}{roots}", self.route)));
+        let mut later = vec!["proxy-connect", "tls-handshake", "get-capabilities"];
+        if self.hop.is_none() {
+            later.remove(0);
+        }
+        if tls_to_proxy {
+            later.insert(0, "proxy-tls");
+        }
+        let connected = match &self.hop {
+            None => tcp_connect(&authority, self.timeout).await,
+            Some(hop) => proxy_connect(&hop.url, self.timeout).await,
+        };
+        let tcp = match connected {
             Ok((stream, detail)) => {
                 report.record("tcp-connect", Outcome::Pass(detail));
                 stream
             }
             Err(outcome) => {
                 report.record("tcp-connect", outcome);
-                let mut later = vec!["tls-handshake", "get-capabilities"];
-                if self.route.proxy().is_some() {
-                    later.insert(0, "proxy-connect");
-                }
-                report.skip(
-                    &later,
-                    &format!("no TCP connection to {}", self.route.proxy().map_or(authority, |p| p.to_string())),
-                );
+                let to = self.hop.as_ref().map_or(authority, |hop| hop.url.to_string());
+                report.skip(&later, &format!("no TCP connection to {to}"));
                 return;
             }
         };
-        if let Some(proxy) = self.route.proxy() {
+        let mut io: BoxIo = match &self.hop {
+            Some(hop) if tls_to_proxy => {
+                later.remove(0);
+                let started = Instant::now();
+                match proxy::secure_proxy(hop, tcp, self.timeout).await {
+                    Ok(secured) => {
+                        let detail = format!("TLS with proxy {} in {}", hop.url, ms(started.elapsed()));
+                        report.record("proxy-tls", Outcome::Pass(detail));
+                        secured
+                    }
+                    Err(e) => {
+                        let hint = format!(
+                            "the proxy's certificate must chain to {} and carry the name {}: give its CA with --proxy-ca FILE, or fix the proxy's address",
+                            self.proxy_roots, hop.url.host
+                        );
+                        report.record("proxy-tls", fail(e.0, hint));
+                        report.skip(&later, "no TLS connection to the proxy");
+                        return;
+                    }
+                }
+            }
+            _ => Box::new(tcp),
+        };
+        if let Some(hop) = &self.hop {
             let started = Instant::now();
-            match proxy::open_tunnel(&mut tcp, &proxy, &authority, self.timeout).await {
+            later.remove(0);
+            match proxy::open_tunnel(&mut io, &hop.url, &authority, self.timeout).await {
                 Ok(answer) => {
                     let detail = format!("CONNECT {authority}: {} in {}", answer.line, ms(started.elapsed()));
                     report.record("proxy-connect", Outcome::Pass(detail));
                 }
                 Err(e) => {
-                    report.record("proxy-connect", fail(e.0.clone(), tunnel_hint(&e.0, &proxy, &authority)));
-                    report.skip(&["tls-handshake", "get-capabilities"], "the proxy opened no tunnel");
+                    report.record("proxy-connect", fail(e.0.clone(), tunnel_hint(&e.0, &hop.url, &authority)));
+                    report.skip(&later, "the proxy opened no tunnel");
                     return;
                 }
             }
@@ -112,7 +147,7 @@ impl LinkCheck<'_> {
             report.skip(&["tls-handshake", "get-capabilities"], "the server name is invalid (see peer-name)");
             return;
         };
-        if !report.record("tls-handshake", self.handshake(tcp, name.clone(), config.clone()).await) {
+        if !report.record("tls-handshake", self.handshake(io, name.clone(), config.clone()).await) {
             report.skip(&["get-capabilities"], "the TLS handshake failed");
             return;
         }
@@ -122,11 +157,11 @@ impl LinkCheck<'_> {
     /// The handshake exactly as the shim does it, then an HTTP/2 opening to
     /// see whether the peer accepted our certificate (with TLS 1.3 a refused
     /// client certificate only shows after the client's side is done).
-    async fn handshake(&self, tcp: TcpStream, name: ServerName<'static>, config: Arc<rustls::ClientConfig>) -> Outcome {
+    async fn handshake(&self, io: BoxIo, name: ServerName<'static>, config: Arc<rustls::ClientConfig>) -> Outcome {
         let authority = self.upstream.authority();
         let connector = tokio_rustls::TlsConnector::from(config);
         let name_for_probe = name.clone();
-        let mut stream = match tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await {
+        let mut stream = match tokio::time::timeout(self.timeout, connector.connect(name, io)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 let mut hint = self.handshake_hint(&e, false);
@@ -270,7 +305,7 @@ impl LinkCheck<'_> {
             server_name: name,
             config: Arc::new(ArcSwap::new(config)),
             live: None,
-            proxy: self.route.proxy(),
+            proxy: self.hop.clone(),
         });
         let uri = format!("https://{}", self.upstream.authority());
         match call_capabilities(&uri, connector, self.timeout).await {

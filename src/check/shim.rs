@@ -13,7 +13,7 @@ use rustls::pki_types::ServerName;
 use crate::cli::args::ShimArgs;
 use crate::connect::proxy::Route;
 use crate::describe::describe_io_error;
-use crate::role::shim::ShimConfig;
+use crate::role::shim::{proxy_hops, ShimConfig};
 use crate::tls::config::client_config;
 use crate::tls::identity::PeerIdentity;
 
@@ -55,12 +55,26 @@ pub(super) async fn check_shim(args: &ShimArgs, timeout: Duration, report: &mut 
         },
         None => ClientTls::Unusable,
     };
-    for (upstream, name) in config.upstreams.iter().zip(names) {
+    let hops = match proxy_hops(&config) {
+        Ok(hops) => hops,
+        Err(e) => {
+            report.record("proxy", fail(e.to_string(), "fix --proxy-ca (the CA that issued the https:// proxy's certificate), or give the proxy's http:// URL"));
+            report.skip(&SHIM_STEPS[SHIM_STEPS.len() - 3..], "no TLS configuration for the proxy");
+            return;
+        }
+    };
+    let proxy_roots = match &config.proxy_ca {
+        Some(path) => format!("--proxy-ca {}", path.display()),
+        None => "the system's roots".to_owned(),
+    };
+    for ((upstream, name), hop) in config.upstreams.iter().zip(names).zip(hops.iter().cloned()) {
         // The configuration step already refused a proxy variable that does not parse.
         let route = config.proxy.route(&upstream.host, upstream.port).unwrap_or_else(Route::Direct);
         let link = LinkCheck {
             upstream,
             route: &route,
+            hop,
+            proxy_roots: &proxy_roots,
             name,
             tls: &tls,
             files: &config.tls,
@@ -69,7 +83,7 @@ pub(super) async fn check_shim(args: &ShimArgs, timeout: Duration, report: &mut 
         };
         link.run(report).await;
     }
-    super::callback::check_shim(&config, timeout, report).await;
+    super::callback::check_shim(&config, &hops, timeout, report).await;
 }
 
 fn describe_shim(config: &ShimConfig) -> String {

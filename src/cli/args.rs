@@ -284,10 +284,14 @@ pub struct ShimArgs {
     pub callback_target: Option<String>,
     #[command(flatten)]
     pub callback: CallbackLimitArgs,
-    /// Reach the upstreams through this HTTP CONNECT proxy, http://[USER:PASSWORD@]HOST:PORT, or `none` to ignore
-    /// grpc_proxy/https_proxy/http_proxy and no_grpc_proxy/no_proxy (which apply when this is not given).
+    /// Reach the upstreams through this HTTP CONNECT proxy, http://[USER:PASSWORD@]HOST:PORT (https:// for TLS to
+    /// the proxy itself), or `none` to ignore grpc_proxy/https_proxy/http_proxy and no_grpc_proxy/no_proxy (which
+    /// apply when this is not given).
     #[arg(long, env = "OPENSHELL_BRIDGE_PROXY", value_name = "URL|none")]
     pub proxy: Option<String>,
+    /// Verify an https:// proxy's certificate against the CA certificates in FILE (PEM) instead of the system's roots.
+    #[arg(long, env = "OPENSHELL_BRIDGE_PROXY_CA", value_name = "FILE")]
+    pub proxy_ca: Option<PathBuf>,
     #[command(flatten)]
     pub file: FileArgs,
     #[command(flatten)]
@@ -334,6 +338,7 @@ impl ShimArgs {
             tls: self.tls.files(),
             allow_uids: self.allow_uids.clone(),
             proxy,
+            proxy_ca: self.proxy_ca.clone(),
             settings: self.tuning.settings(&self.admin),
             callback,
         })

@@ -1,8 +1,10 @@
 //! Egress through an HTTP CONNECT proxy: which proxy an upstream is reached
-//! through (the `--proxy` flag, or gRPC's own environment conventions), and
-//! the CONNECT handshake that turns a proxy connection into a tunnel. The
-//! mTLS handshake then runs end to end through the tunnel: the proxy sees
-//! the upstream's `host:port` and TLS records, nothing else.
+//! through (the `--proxy` flag, or gRPC's own environment conventions), the
+//! connection to the proxy (TCP, then TLS for an `https://` proxy, verified
+//! against the system's roots or `--proxy-ca`), and the CONNECT handshake
+//! that turns it into a tunnel. The mTLS handshake then runs end to end
+//! through the tunnel: the proxy sees the upstream's `host:port` and TLS
+//! records, nothing else.
 //!
 //! The proxy's password never leaves this file: every way of showing a
 //! proxy prints `user:***`.
@@ -15,9 +17,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use rustls::pki_types::ServerName;
+
 use super::tcp::connect_tcp;
-use super::ConnectError;
-use crate::describe::describe_io_error;
+use super::{BoxIo, ConnectError};
+use crate::describe::{describe_io_error, describe_tls_io_error};
 
 /// The most of a CONNECT answer (status line and headers) read before the
 /// proxy is declared broken.
@@ -28,11 +32,14 @@ const PROXY_VARIABLES: &[&str] = &["grpc_proxy", "https_proxy", "http_proxy"];
 /// Exclusion lists, the first set wins.
 const NO_PROXY_VARIABLES: &[&str] = &["no_grpc_proxy", "no_proxy"];
 
-/// A proxy as given by `http://[user[:password]@]host[:port]`.
+/// A proxy as given by `http://[user[:password]@]host[:port]` or
+/// `https://...` (TLS to the proxy itself).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProxyUrl {
     pub host: String,
     pub port: u16,
+    /// `https://`: the connection to the proxy is TLS.
+    pub tls: bool,
     user: Option<String>,
     password: Option<String>,
 }
@@ -62,10 +69,11 @@ impl ProxyUrl {
 /// `http://user:***@host:port`: the password is never shown.
 impl fmt::Display for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
         match (&self.user, &self.password) {
-            (Some(user), Some(_)) => write!(f, "http://{user}:***@{}", self.authority()),
-            (Some(user), None) => write!(f, "http://{user}@{}", self.authority()),
-            _ => write!(f, "http://{}", self.authority()),
+            (Some(user), Some(_)) => write!(f, "{scheme}://{user}:***@{}", self.authority()),
+            (Some(user), None) => write!(f, "{scheme}://{user}@{}", self.authority()),
+            _ => write!(f, "{scheme}://{}", self.authority()),
         }
     }
 }
@@ -81,18 +89,13 @@ impl std::str::FromStr for ProxyUrl {
 
     /// Refusals never repeat the text: it may hold a password.
     fn from_str(text: &str) -> Result<Self, String> {
-        const EXPECTED: &str = "expected http://[USER:PASSWORD@]HOST:PORT";
+        const EXPECTED: &str = "expected http://[USER:PASSWORD@]HOST:PORT or https://[USER:PASSWORD@]HOST:PORT";
         let text = text.trim();
-        let rest = match text.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-            Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
-                return Err(
-                    "https:// to the proxy is not supported yet: give the proxy's plain http:// port (the upstream's mTLS still runs end to end through the tunnel)"
-                        .into(),
-                )
-            }
-            Some(_) => return Err(format!("only the http:// scheme is supported; {EXPECTED}")),
-            None => text,
+        let (tls, rest) = match text.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
+            Some(_) => return Err(format!("only the http:// and https:// schemes are supported; {EXPECTED}")),
+            None => (false, text),
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '?', '#']) {
@@ -119,10 +122,11 @@ impl std::str::FromStr for ProxyUrl {
             Some((host, _)) => !host.is_empty() && (host.ends_with(']') || !host.contains(':')),
             None => false,
         };
-        let with_port = if has_port { hostport.to_owned() } else { format!("{hostport}:80") };
+        let default_port = if tls { 443 } else { 80 };
+        let with_port = if has_port { hostport.to_owned() } else { format!("{hostport}:{default_port}") };
         let upstream: crate::role::shim::Upstream =
             format!("https://{with_port}").parse().map_err(|_| format!("no usable host and port; {EXPECTED}"))?;
-        Ok(ProxyUrl { host: upstream.host, port: upstream.port, user, password })
+        Ok(ProxyUrl { host: upstream.host, port: upstream.port, tls, user, password })
     }
 }
 
@@ -442,12 +446,36 @@ pub fn parse_answer(head: &[u8]) -> Result<ConnectAnswer, String> {
     Ok(ConnectAnswer { status, line })
 }
 
-/// Connects to `proxy` (each of its addresses given `timeout`) and opens a
-/// tunnel to `target` (`host:port` as written: the proxy resolves it).
-pub async fn tunnel(proxy: &ProxyUrl, target: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let mut tcp = connect_proxy(proxy, timeout).await?;
-    open_tunnel(&mut tcp, proxy, target, timeout).await?;
-    Ok(tcp)
+/// A proxy as a connector reaches it: its URL and, for an `https://`
+/// proxy, the TLS configuration that verifies it (the system's roots or
+/// `--proxy-ca`).
+#[derive(Clone, Debug)]
+pub struct ProxyHop {
+    pub url: Arc<ProxyUrl>,
+    /// Present exactly when `url` is `https://`.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl ProxyHop {
+    /// `url` with the configuration for TLS to it; None for an `https://`
+    /// proxy is refused (the caller builds one from `--proxy-ca`).
+    pub fn new(url: Arc<ProxyUrl>, tls: Option<Arc<rustls::ClientConfig>>) -> Result<ProxyHop, String> {
+        match (url.tls, tls) {
+            (true, None) => Err(format!("proxy {url}: no TLS configuration to verify it with")),
+            (true, Some(config)) => Ok(ProxyHop { url, tls: Some(config) }),
+            (false, _) => Ok(ProxyHop { url, tls: None }),
+        }
+    }
+}
+
+/// Connects to the proxy (TCP, then TLS for `https://`) and opens a tunnel
+/// to `target` (`host:port` as written: the proxy resolves it). Each step
+/// is given `timeout`, each of the proxy's addresses its own.
+pub async fn tunnel(hop: &ProxyHop, target: &str, timeout: Duration) -> Result<BoxIo, ConnectError> {
+    let tcp = connect_proxy(&hop.url, timeout).await?;
+    let mut io = secure_proxy(hop, tcp, timeout).await?;
+    open_tunnel(&mut io, &hop.url, target, timeout).await?;
+    Ok(io)
 }
 
 /// A TCP connection to the proxy, trying each of its addresses.
@@ -472,6 +500,28 @@ pub async fn connect_proxy(proxy: &ProxyUrl, timeout: Duration) -> Result<TcpStr
         [(_, why)] => why.clone(),
         many => many.iter().map(|(addr, why)| format!("{addr}: {why}")).collect::<Vec<_>>().join("; "),
     }))
+}
+
+/// The connection to the proxy as CONNECT is sent on it: TLS to the proxy
+/// for an `https://` proxy (its certificate verified for its host name),
+/// the TCP connection as it is otherwise.
+pub async fn secure_proxy(hop: &ProxyHop, tcp: TcpStream, timeout: Duration) -> Result<BoxIo, ConnectError> {
+    let Some(config) = &hop.tls else { return Ok(Box::new(tcp)) };
+    let proxy = &hop.url;
+    let name = ServerName::try_from(proxy.host.clone())
+        .map_err(|_| ConnectError(format!("proxy {proxy}: its host is not a valid DNS name or IP address for TLS")))?;
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Err(e)) => Err(ConnectError(format!(
+            "TLS to proxy {proxy} failed: {} (its certificate must chain to the system's roots, or to --proxy-ca FILE)",
+            describe_tls_io_error(&e)
+        ))),
+        Err(_) => Err(ConnectError(format!(
+            "TLS to proxy {proxy}: no answer within {} ms (is this the proxy's TLS port?)",
+            timeout.as_millis()
+        ))),
+    }
 }
 
 /// Sends `CONNECT target` on a connection to the proxy and reads its
@@ -561,10 +611,12 @@ mod tests {
         let bare: ProxyUrl = "proxy:8080".parse().unwrap();
         assert_eq!(bare.authority(), "proxy:8080");
         assert_eq!("http://[::1]".parse::<ProxyUrl>().unwrap().authority(), "[::1]:80");
+        let tls: ProxyUrl = "HTTPS://alice:pw@proxy.corp".parse().unwrap();
+        assert!(tls.tls && !bare.tls);
+        assert_eq!(tls.to_string(), "https://alice:***@proxy.corp:443");
         for (bad, why) in [
-            ("https://u:secret@p:3128", "not supported yet"),
-            ("socks5://u:secret@p:1080", "only the http:// scheme"),
-            ("u:secret@p://x", "only the http:// scheme"),
+            ("socks5://u:secret@p:1080", "only the http:// and https:// schemes"),
+            ("u:secret@p://x", "only the http:// and https:// schemes"),
             ("http://u:secret@p:3128/x", "path"),
             ("http://:secret@p:3128", "user name is empty"),
             ("http://u:secret@:3128", "no usable host"),
@@ -628,7 +680,7 @@ mod tests {
             vars.route("relay.example", 1).unwrap().to_string(),
             "direct (NO_PROXY entry \".example\" matches; http_proxy not used)"
         );
-        let bad = env(&[("https_proxy", "https://u:secret@p:1")]);
+        let bad = env(&[("https_proxy", "ftp://u:secret@p:1")]);
         let err = bad.route("relay", 1).unwrap_err();
         assert!(err.starts_with("https_proxy: ") && err.contains("--proxy none") && !err.contains("secret"), "{err}");
         assert_eq!(

@@ -78,6 +78,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             allow_uids: vec![],
             // Everything is on this machine: no proxy from the environment.
             proxy: crate::connect::proxy::ProxySetting::Off,
+            proxy_ca: None,
             settings: RoleSettings { drain_timeout: DRAIN, ..RoleSettings::default() },
             callback: Some(ShimCallback { target: gateway_addr.to_string(), settings: CallbackSettings::default() }),
         },

@@ -13,14 +13,16 @@ use crate::admit::policy::Policy;
 use crate::admit::Forwarder;
 use crate::callback::shim::ShimCallback;
 use crate::connect::dialer::{Dialer, Target};
-use crate::connect::proxy::{ProxySetting, Route};
+use crate::connect::proxy::{ProxyHop, ProxySetting, Route};
 use crate::connect::severable::LiveUpstreams;
 use crate::connect::{tls::TlsConnector, Connector};
 use crate::listen::uds::{self, PrivateSocket};
 use crate::pipeline::ServerSettings;
 use crate::role::RoleSettings;
 use crate::shutdown::Shutdown;
-use crate::tls::config::{client_config, describe_certificate, server_verifier, with_alpn, TlsFiles, ALPN_CALLBACK};
+use crate::tls::config::{
+    client_config, describe_certificate, proxy_client_config, server_verifier, with_alpn, TlsFiles, ALPN_CALLBACK,
+};
 use crate::tls::identity::IdentityPattern;
 use crate::tls::reload::ReloadHooks;
 
@@ -88,6 +90,9 @@ pub struct ShimConfig {
     pub allow_uids: Vec<u32>,
     /// `--proxy`, or the proxy variables read at start.
     pub proxy: ProxySetting,
+    /// `--proxy-ca`: the roots an `https://` proxy is verified against
+    /// (the system's when absent).
+    pub proxy_ca: Option<PathBuf>,
     pub settings: RoleSettings,
     /// Carry sandboxes' connections back to the gateway (`--callback-target`).
     pub callback: Option<ShimCallback>,
@@ -111,13 +116,15 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
     let tls = Arc::new(ArcSwap::from_pointee(client_config(&config.tls, &config.expect_server)?));
     // The upstream connections open now, which a reloaded CRL may sever.
     let live = LiveUpstreams::default();
+    let hops = proxy_hops(&config)?;
+    if config.proxy_ca.is_some() && hops.iter().all(|hop| hop.as_ref().is_none_or(|hop| !hop.url.tls)) {
+        tracing::warn!("--proxy-ca is given, yet no upstream goes through an https:// proxy: it is not used");
+    }
     let targets = config
         .upstreams
         .iter()
-        .map(|upstream| {
-            let route = config.proxy.route(&upstream.host, upstream.port).map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
-            target_for(upstream, config.server_name.as_deref(), &tls, &route, &live)
-        })
+        .zip(&hops)
+        .map(|(upstream, hop)| target_for(upstream, config.server_name.as_deref(), &tls, hop, &live))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let routes = describe_routes(&config)?;
     let dialer = Dialer::new("upstream", targets, config.settings.dial.clone());
@@ -129,11 +136,8 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
             let targets = config
                 .upstreams
                 .iter()
-                .map(|upstream| {
-                    let route =
-                        config.proxy.route(&upstream.host, upstream.port).map_err(|e| anyhow::anyhow!("proxy: {e}"))?;
-                    target_for(upstream, config.server_name.as_deref(), &callback_tls, &route, &live)
-                })
+                .zip(&hops)
+                .map(|(upstream, hop)| target_for(upstream, config.server_name.as_deref(), &callback_tls, hop, &live))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Some(Dialer::new("callback upstream", targets, config.settings.dial.clone()))
         }
@@ -204,7 +208,7 @@ fn target_for(
     upstream: &Upstream,
     server_name: Option<&str>,
     tls: &Arc<ArcSwap<rustls::ClientConfig>>,
-    route: &Route,
+    proxy: &Option<ProxyHop>,
     live: &LiveUpstreams,
 ) -> anyhow::Result<Target> {
     let name = server_name.unwrap_or(&upstream.host).to_owned();
@@ -218,13 +222,32 @@ fn target_for(
             server_name,
             config: tls.clone(),
             live: Some(live.clone()),
-            proxy: route.proxy(),
+            proxy: proxy.clone(),
         }),
         scheme: Scheme::HTTPS,
         authority,
         label: format!("upstream {}", upstream.authority()),
         network: true,
     })
+}
+
+/// The proxy each upstream is reached through, if any. The TLS
+/// configuration for `https://` proxies is built once, from `--proxy-ca`
+/// or the system's roots, and only when some upstream needs it.
+pub fn proxy_hops(config: &ShimConfig) -> anyhow::Result<Vec<Option<ProxyHop>>> {
+    let routes = config
+        .upstreams
+        .iter()
+        .map(|upstream| config.proxy.route(&upstream.host, upstream.port).map_err(|e| anyhow::anyhow!("proxy: {e}")))
+        .collect::<anyhow::Result<Vec<Route>>>()?;
+    let tls = match routes.iter().any(|route| route.proxy().is_some_and(|url| url.tls)) {
+        true => Some(Arc::new(proxy_client_config(config.proxy_ca.as_deref()).map_err(anyhow::Error::msg)?)),
+        false => None,
+    };
+    routes
+        .iter()
+        .map(|route| route.proxy().map(|url| ProxyHop::new(url, tls.clone())).transpose().map_err(anyhow::Error::msg))
+        .collect()
 }
 
 /// How each upstream is reached: `relay:7443 via proxy http://user:***@proxy:3128

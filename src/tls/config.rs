@@ -126,6 +126,42 @@ pub fn client_config(
     Ok(config)
 }
 
+/// TLS to an `https://` proxy (not to the upstream: that is `client_config`,
+/// end to end through the tunnel): the proxy's certificate must chain to
+/// `--proxy-ca` when given, else to the system's roots (the platform's
+/// store, or `SSL_CERT_FILE` / `SSL_CERT_DIR` when set). No client
+/// certificate; TLS 1.2 is accepted, as corporate proxies often stop there.
+pub fn proxy_client_config(proxy_ca: Option<&std::path::Path>) -> Result<rustls::ClientConfig, TlsConfigError> {
+    let roots = match proxy_ca {
+        Some(path) => material::load_roots("--proxy-ca", path)?,
+        None => system_roots()?,
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(true))
+        .map_err(|e| TlsConfigError(format!("TLS versions: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The system's trust anchors, for an `https://` proxy given no `--proxy-ca`.
+fn system_roots() -> Result<rustls::RootCertStore, TlsConfigError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _unusable) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = match found.errors.first() {
+            Some(e) => format!(" ({e})"),
+            None => String::new(),
+        };
+        return Err(TlsConfigError(format!(
+            "an https:// proxy is verified against the system's CA certificates, and none could be loaded{why}: give the proxy's CA with --proxy-ca FILE (or install the system's CA certificates, or point SSL_CERT_FILE at a bundle)"
+        )));
+    }
+    Ok(roots)
+}
+
 /// The relay's side: present `cert`, require a client certificate that
 /// chains to `ca`. Which identities may call what is policy's business,
 /// decided after the handshake.

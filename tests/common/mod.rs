@@ -8,6 +8,7 @@
 pub mod fault;
 pub mod process;
 pub mod raw_h2;
+pub mod tinyproxy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -144,6 +145,7 @@ pub fn shim_config(pki: &TestPki, socket: &Path, relay: SocketAddr) -> ShimConfi
         tls: pki.client_tls(),
         allow_uids: vec![],
         proxy: ProxySetting::Off,
+        proxy_ca: None,
         settings: quick_settings(),
         callback: None,
     }
