@@ -335,7 +335,8 @@ mod tests {
         ("server-name", "\"relay.internal\""),
         ("expect-server", "[\"uri:spiffe://corp/relay\"]"),
         ("allow-uid", "[1001, 1002]"),
-        ("proxy", "\"http://u@proxy.corp:3128\""),
+        ("proxy", "\"https://u@proxy.corp:3128\""),
+        ("proxy-ca", "\"/etc/b/proxy-ca.pem\""),
         ("callback-target", "\"127.0.0.1:8443\""),
         ("callback-max-connections", "77"),
         ("callback-idle-timeout", "\"9m\""),
@@ -402,7 +403,8 @@ mod tests {
         assert_eq!(shim.callback_target.as_deref(), Some("127.0.0.1:8443"));
         assert_eq!(shim.callback.callback_max_connections, 77);
         assert_eq!(shim.callback.callback_idle_timeout, Duration::from_secs(540));
-        assert_eq!(shim.proxy.as_deref(), Some("http://u@proxy.corp:3128"));
+        assert_eq!(shim.proxy.as_deref(), Some("https://u@proxy.corp:3128"));
+        assert_eq!(shim.proxy_ca, Some(PathBuf::from("/etc/b/proxy-ca.pem")));
         let check_shared = |admin: &crate::cli::args::AdminArgs,
                             tls: &crate::cli::args::TlsArgs,
                             tuning: &crate::cli::args::TuningArgs| {
