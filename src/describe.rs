@@ -13,11 +13,23 @@ pub fn describe_io_error(error: &std::io::Error) -> String {
         TimedOut => "timed out".into(),
         _ => {
             let text = error.to_string();
+            // rustls's wording carries a link to its manual; say what it means here.
+            if text.contains("close_notify") {
+                return "the peer closed the connection without a TLS close_notify (the peer, or a proxy or firewall on the path, dropped it)".into();
+            }
             match text.find(" (os error") {
                 Some(cut) => text[..cut].to_lowercase(),
                 None => text,
             }
         }
+    }
+}
+
+/// An I/O error as h2 reports it: its kind, and the error's text if any.
+pub fn describe_io_kind(kind: std::io::ErrorKind, message: Option<String>) -> String {
+    match message {
+        Some(text) => describe_io_error(&std::io::Error::new(kind, text)),
+        None => describe_io_error(&std::io::Error::from(kind)),
     }
 }
 

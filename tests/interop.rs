@@ -377,10 +377,12 @@ async fn a_driver_lost_under_a_watch_ends_it_unavailable_and_its_successor_is_re
 // ---------------------------------------------------------------------------
 // Idle watches: no pings to a driver or a gateway.
 
-/// Three watches held idle at once, each for the idle period (so the run
+/// Five watches held idle at once, each for the idle period (so the run
 /// adds that once, not once per scenario, whatever the test thread count):
 /// a tonic gateway's watch to a grpcio driver and to a grpc-go driver, and a
-/// grpcio gateway's watch to a grpcio driver. Each stack keeps its defaults.
+/// grpcio gateway's watch to a grpcio driver; then the last two again with
+/// the shim behind an HTTP proxy (tinyproxy) that closes tunnels idle for
+/// 8 s. Each stack keeps its defaults.
 /// Every hop must stay quiet: no GOAWAY, no lost connection, in the logs of
 /// the real relay and shim processes or the drivers', and the event created
 /// after the idle period arrives on the same watch.
@@ -395,13 +397,24 @@ async fn idle_watches_through_the_bridge_outlive_the_ping_policies_of_grpcio_and
             let scenarios = [
                 (
                     "tonic gateway -> grpcio driver",
-                    tokio::task::spawn_local(idle_watch_to_a_driver(Stack::Grpcio, idle)),
+                    tokio::task::spawn_local(idle_watch_to_a_driver(Stack::Grpcio, idle, Egress::Direct)),
                 ),
                 (
                     "tonic gateway -> grpc-go driver",
-                    tokio::task::spawn_local(idle_watch_to_a_driver(Stack::GrpcGo, idle)),
+                    tokio::task::spawn_local(idle_watch_to_a_driver(Stack::GrpcGo, idle, Egress::Direct)),
                 ),
-                ("grpcio gateway -> grpcio driver", tokio::task::spawn_local(idle_watch_of_a_grpcio_gateway(idle))),
+                (
+                    "grpcio gateway -> grpcio driver",
+                    tokio::task::spawn_local(idle_watch_of_a_grpcio_gateway(idle, Egress::Direct)),
+                ),
+                (
+                    "tonic gateway -> shim -> tinyproxy -> relay -> grpc-go driver",
+                    tokio::task::spawn_local(idle_watch_to_a_driver(Stack::GrpcGo, idle, Egress::Proxy)),
+                ),
+                (
+                    "grpcio gateway -> shim -> tinyproxy -> relay -> grpcio driver",
+                    tokio::task::spawn_local(idle_watch_of_a_grpcio_gateway(idle, Egress::Proxy)),
+                ),
             ];
             let mut failures = Vec::new();
             for (name, scenario) in scenarios {
@@ -414,7 +427,7 @@ async fn idle_watches_through_the_bridge_outlive_the_ping_policies_of_grpcio_and
             failures
         })
         .await;
-    assert!(failures.is_empty(), "{} of 3 idle-watch scenarios failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    assert!(failures.is_empty(), "{} of 5 idle-watch scenarios failed:\n\n{}", failures.len(), failures.join("\n\n"));
 }
 
 /// The message of a scenario task's panic.
@@ -432,9 +445,10 @@ fn panic_text(error: tokio::task::JoinError) -> String {
 /// A tonic gateway's watch through shim and relay (the real binaries, with
 /// their default keepalive) to a foreign driver; the figures, or `None`
 /// when skipped.
-async fn idle_watch_to_a_driver(stack: Stack, idle: Duration) -> Option<String> {
+async fn idle_watch_to_a_driver(stack: Stack, idle: Duration, egress: Egress) -> Option<String> {
     let foreign = stack.prepare().await?;
-    let (chain, driver) = chain_with_foreign_driver(&foreign, idle + Duration::from_secs(180)).await;
+    let proxy = egress.proxy()?;
+    let (chain, driver) = chain_with_foreign_driver(&foreign, idle + Duration::from_secs(180), proxy.as_ref()).await;
     let mut gateway = bounded(driver_client(&chain.shim_socket)).await.unwrap();
     bounded(gateway.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("before-idle")) })).await.unwrap();
     let mut events = watch(&mut gateway).await;
@@ -466,20 +480,22 @@ async fn idle_watch_to_a_driver(stack: Stack, idle: Duration) -> Option<String> 
     foreign.assert_never_pinged(&driver);
     Some(format!(
         "{} first events, idle {:.1} s with nothing arriving or ending, then the after-idle event in {} ms; \
-         no GOAWAY or lost connection logged{}",
+         no GOAWAY or lost connection logged{}{}",
         burst + 1,
         idled.as_secs_f64(),
         delivered.as_millis(),
-        if matches!(foreign, Foreign::Grpcio(_)) { ", the driver received 0 pings" } else { "" }
+        if matches!(foreign, Foreign::Grpcio(_)) { ", the driver received 0 pings" } else { "" },
+        Egress::tunnel_held(proxy.as_ref(), &chain)
     ))
 }
 
 /// A grpcio gateway (default channel options) holding an idle watch through
 /// shim and relay to a grpcio driver (gateway.py --scenario idle-watch).
-async fn idle_watch_of_a_grpcio_gateway(idle: Duration) -> Option<String> {
+async fn idle_watch_of_a_grpcio_gateway(idle: Duration, egress: Egress) -> Option<String> {
     let stubs = python_stubs().await?;
+    let proxy = egress.proxy()?;
     let foreign = Foreign::Grpcio(stubs.clone());
-    let (chain, driver) = chain_with_foreign_driver(&foreign, idle + Duration::from_secs(180)).await;
+    let (chain, driver) = chain_with_foreign_driver(&foreign, idle + Duration::from_secs(180), proxy.as_ref()).await;
     let idle_secs = idle.as_secs().to_string();
     let mut gateway = python_gateway(
         &stubs,
@@ -494,7 +510,50 @@ async fn idle_watch_of_a_grpcio_gateway(idle: Duration) -> Option<String> {
     assert_never_pinged(&driver);
     let transcript = gateway.transcript();
     let figures: Vec<_> = transcript.lines().filter_map(|line| line.strip_prefix("out| PASS ")).collect();
-    Some(format!("{}; gateway and driver received 0 pings", figures.join("; ")))
+    Some(format!(
+        "{}; gateway and driver received 0 pings{}",
+        figures.join("; "),
+        Egress::tunnel_held(proxy.as_ref(), &chain)
+    ))
+}
+
+/// How the shim reaches the relay in an idle-watch scenario.
+#[derive(Clone, Copy)]
+enum Egress {
+    Direct,
+    /// Through tinyproxy (`--proxy`), which closes a tunnel idle for 8 s
+    /// (less than the relay's own 10 s ping interval toward the shim):
+    /// the shim's keepalive on the tunnelled hop must hold it open, while
+    /// the gateway and the driver are still never pinged.
+    Proxy,
+}
+
+/// A proxy closing tunnels idle this long: far below the idle period.
+const PROXY_IDLE_TIMEOUT_SECS: u32 = 8;
+
+impl Egress {
+    /// The proxy to start: `Some(None)` for none, `None` when tinyproxy is
+    /// missing (skipped, said so).
+    fn proxy(self) -> Option<Option<common::tinyproxy::Tinyproxy>> {
+        match self {
+            Egress::Direct => Some(None),
+            Egress::Proxy => common::tinyproxy::Tinyproxy::start_with_idle_timeout(
+                "idle watches through an HTTP proxy",
+                PROXY_IDLE_TIMEOUT_SECS,
+                "",
+            )
+            .map(Some),
+        }
+    }
+
+    /// The figures' tail for a proxied scenario: the one tunnel held open.
+    fn tunnel_held(proxy: Option<&common::tinyproxy::Tinyproxy>, chain: &ProcessChain) -> String {
+        let Some(proxy) = proxy else { return String::new() };
+        let relay = chain.relay_addr.parse().expect("the relay's address");
+        let tunnels = proxy.connects_to(relay);
+        assert_eq!(tunnels, 1, "the shim needed {tunnels} tunnels, not one held open:\n{}", proxy.log());
+        format!(", through one tinyproxy tunnel held open past the proxy's {PROXY_IDLE_TIMEOUT_SECS} s idle timeout")
+    }
 }
 
 /// The idle period: `OPENSHELL_BRIDGE_IDLE_SECS`, default 130 s.
@@ -544,10 +603,19 @@ fn assert_never_pinged(process: &Process) {
 
 /// Relay and shim as processes (the real binary, default keepalive) in
 /// front of a foreign driver; the driver serves for at most `lifetime`.
-async fn chain_with_foreign_driver(foreign: &Foreign, lifetime: Duration) -> (ProcessChain, Process) {
+async fn chain_with_foreign_driver(
+    foreign: &Foreign,
+    lifetime: Duration,
+    proxy: Option<&common::tinyproxy::Tinyproxy>,
+) -> (ProcessChain, Process) {
     let mut slot = None;
     let started = &mut slot;
-    let chain = ProcessChain::start_with_driver(&[], &[], &[], move |socket| {
+    let url = proxy.map(|p| p.url(""));
+    let shim_extra: Vec<&str> = match &url {
+        Some(url) => vec!["--proxy", url],
+        None => vec![],
+    };
+    let chain = ProcessChain::start_with_driver(&[], &shim_extra, &[], move |socket| {
         Box::pin(async move {
             *started = Some(foreign.start(&socket, lifetime).await);
             None

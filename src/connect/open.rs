@@ -9,7 +9,7 @@ use h2::Codec;
 use tokio::io::AsyncWriteExt;
 
 use super::BoxIo;
-use crate::describe::describe_io_error;
+use crate::describe::{describe_io_error, describe_io_kind};
 
 /// The HTTP/2 client preface.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -24,7 +24,7 @@ pub async fn http2_open(mut io: BoxIo) -> Result<(Codec<BoxIo, Bytes>, frame::Se
     match futures_util::StreamExt::next(&mut codec).await {
         Some(Ok(Frame::Settings(settings))) if !settings.is_ack() => Ok((codec, settings)),
         Some(Ok(_)) => Err("it did not open with SETTINGS: not an HTTP/2 server".to_string()),
-        Some(Err(h2::proto::Error::Io(_, Some(message)))) => Err(message),
+        Some(Err(h2::proto::Error::Io(kind, message))) => Err(describe_io_kind(kind, message)),
         Some(Err(error)) => Err(format!("{error:?}")),
         None => Err("it closed the connection before answering (a peer that refuses our client certificate after the TLS 1.3 handshake does this; see its log)".to_string()),
     }

@@ -186,7 +186,7 @@ where
             }
             h2::proto::Error::GoAway(_, reason, _) => self.lose_upstream(&format!("protocol error ({reason:?})")),
             h2::proto::Error::Io(kind, message) => {
-                self.lose_upstream(&message.unwrap_or_else(|| std::io::Error::from(kind).to_string()))
+                self.lose_upstream(&crate::describe::describe_io_kind(kind, message))
             }
         }
     }
