@@ -36,7 +36,11 @@ pub fn run(data: &[u8]) {
                 Ok(url) => {
                     let shown = url.to_string();
                     let again: ProxyUrl = shown.parse().unwrap_or_else(|e| panic!("{text:?} shown as {shown:?}: {e}"));
-                    assert_eq!((&again.host, again.port, again.user()), (&url.host, url.port, url.user()), "{text:?}");
+                    assert_eq!(
+                        (&again.host, again.port, again.user(), again.tls),
+                        (&url.host, url.port, url.user(), url.tls),
+                        "{text:?}"
+                    );
                     if let Some(password) = secret(text).filter(|p| *p != "***") {
                         assert!(!shown.contains(&format!(":{password}@")), "{text:?} shown as {shown:?}");
                     }
