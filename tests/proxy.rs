@@ -56,10 +56,22 @@ async fn chain_with(
     (chain, driver)
 }
 
+/// Every RPC of the contract through the shim at `socket`: the demo's
+/// scripted session (each unary call, a watch and its events), then the
+/// workspace calls it does not make.
+async fn every_rpc(socket: &std::path::Path) {
+    let steps = openshell_driver_bridge::demo::smoke::run(socket).await;
+    assert!(openshell_driver_bridge::demo::smoke::passed(&steps), "{steps:#?}");
+    let mut gateway = driver_client(socket).await.unwrap();
+    gateway.ensure_workspace(EnsureWorkspaceRequest { workspace: "ws".into() }).await.unwrap();
+    gateway.delete_workspace(DeleteWorkspaceRequest { workspace: "ws".into() }).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_unary_call_and_a_watch_go_through_the_proxy_tunnel() {
-    let Some(proxy) = Tinyproxy::start("a_unary_call_and_a_watch_go_through_the_proxy_tunnel", "") else { return };
+async fn every_rpc_and_a_watch_go_through_the_proxy_tunnel() {
+    let Some(proxy) = Tinyproxy::start("every_rpc_and_a_watch_go_through_the_proxy_tunnel", "") else { return };
     let (chain, _driver) = chain_through(via(&proxy.url(""))).await;
+    every_rpc(&chain.shim_socket).await;
     let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
     let caps = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner();
     assert_eq!(caps.driver_name, "demo");
@@ -298,7 +310,7 @@ async fn check_shim_walks_the_proxy_steps() {
 // https:// proxies: TLS to the proxy itself, then CONNECT inside it.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_https_proxy_verified_with_proxy_ca_carries_calls_and_a_watch() {
+async fn an_https_proxy_verified_with_proxy_ca_carries_every_rpc_and_a_watch() {
     let Some(proxy) = Tinyproxy::start("an_https_proxy_verified_with_proxy_ca", "BasicAuth alice s3cret") else {
         return;
     };
@@ -311,9 +323,8 @@ async fn an_https_proxy_verified_with_proxy_ca_carries_calls_and_a_watch() {
         shim.proxy_ca = Some(ca);
     })
     .await;
+    every_rpc(&chain.shim_socket).await;
     let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
-    let caps = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner();
-    assert_eq!(caps.driver_name, "demo");
     gateway.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("over-tls-proxy")) }).await.unwrap();
     let mut watch = gateway.watch_sandboxes(WatchSandboxesRequest {}).await.unwrap().into_inner();
     let first = tokio::time::timeout(Duration::from_secs(10), watch.message()).await.unwrap().unwrap();
