@@ -366,6 +366,7 @@ async fn an_https_proxy_is_verified_against_the_system_roots_without_proxy_ca() 
     let url = front.url("");
     let ca = front.ca_file.display().to_string();
     let chain = ProcessChain::start(&[], &["--proxy", &url], &[("SSL_CERT_FILE", &ca)]).await;
+    chain.shim.expect_log(&["shim serving", "proxy_tls=verified against the system's roots"]).await;
     let mut gateway = driver_client(&chain.shim_socket).await.unwrap();
     let caps = gateway.get_capabilities(GetCapabilitiesRequest {}).await.unwrap().into_inner();
     assert_eq!(caps.driver_name, "demo");

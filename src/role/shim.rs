@@ -117,9 +117,15 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
     // The upstream connections open now, which a reloaded CRL may sever.
     let live = LiveUpstreams::default();
     let hops = proxy_hops(&config)?;
-    if config.proxy_ca.is_some() && hops.iter().all(|hop| hop.as_ref().is_none_or(|hop| !hop.url.tls)) {
+    let tls_to_proxy = hops.iter().flatten().any(|hop| hop.url.tls);
+    if config.proxy_ca.is_some() && !tls_to_proxy {
         tracing::warn!("--proxy-ca is given, yet no upstream goes through an https:// proxy: it is not used");
     }
+    let proxy_tls = match (&config.proxy_ca, tls_to_proxy) {
+        (_, false) => "-".to_owned(),
+        (Some(path), true) => format!("verified against --proxy-ca {}", path.display()),
+        (None, true) => "verified against the system's roots".to_owned(),
+    };
     let targets = config
         .upstreams
         .iter()
@@ -166,6 +172,7 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
         socket = %config.socket.display(),
         upstreams = %forwarder.dialer().labels().join(", "),
         proxy = %routes,
+        proxy_tls = %proxy_tls,
         server_name = config.server_name.as_deref().unwrap_or("(the upstream's host)"),
         expect_server = %config.expect_server.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
         identity = %describe_certificate(certificate.as_ref()),
