@@ -382,7 +382,8 @@ async fn a_driver_lost_under_a_watch_ends_it_unavailable_and_its_successor_is_re
 /// a tonic gateway's watch to a grpcio driver and to a grpc-go driver, and a
 /// grpcio gateway's watch to a grpcio driver; then the last two again with
 /// the shim behind an HTTP proxy (tinyproxy) that closes tunnels idle for
-/// 8 s. Each stack keeps its defaults.
+/// 8 s, reached over plain TCP by the first and over TLS (an `https://`
+/// proxy) by the second. Each stack keeps its defaults.
 /// Every hop must stay quiet: no GOAWAY, no lost connection, in the logs of
 /// the real relay and shim processes or the drivers', and the event created
 /// after the idle period arrives on the same watch.
@@ -412,8 +413,8 @@ async fn idle_watches_through_the_bridge_outlive_the_ping_policies_of_grpcio_and
                     tokio::task::spawn_local(idle_watch_to_a_driver(Stack::GrpcGo, idle, Egress::Proxy)),
                 ),
                 (
-                    "grpcio gateway -> shim -> tinyproxy -> relay -> grpcio driver",
-                    tokio::task::spawn_local(idle_watch_of_a_grpcio_gateway(idle, Egress::Proxy)),
+                    "grpcio gateway -> shim -> TLS -> tinyproxy -> relay -> grpcio driver",
+                    tokio::task::spawn_local(idle_watch_of_a_grpcio_gateway(idle, Egress::HttpsProxy)),
                 ),
             ];
             let mut failures = Vec::new();
@@ -447,7 +448,7 @@ fn panic_text(error: tokio::task::JoinError) -> String {
 /// when skipped.
 async fn idle_watch_to_a_driver(stack: Stack, idle: Duration, egress: Egress) -> Option<String> {
     let foreign = stack.prepare().await?;
-    let proxy = egress.proxy()?;
+    let proxy = egress.proxy().await?;
     let (chain, driver) = chain_with_foreign_driver(&foreign, idle + Duration::from_secs(180), proxy.as_ref()).await;
     let mut gateway = bounded(driver_client(&chain.shim_socket)).await.unwrap();
     bounded(gateway.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox("before-idle")) })).await.unwrap();
@@ -493,7 +494,7 @@ async fn idle_watch_to_a_driver(stack: Stack, idle: Duration, egress: Egress) ->
 /// shim and relay to a grpcio driver (gateway.py --scenario idle-watch).
 async fn idle_watch_of_a_grpcio_gateway(idle: Duration, egress: Egress) -> Option<String> {
     let stubs = python_stubs().await?;
-    let proxy = egress.proxy()?;
+    let proxy = egress.proxy().await?;
     let foreign = Foreign::Grpcio(stubs.clone());
     let (chain, driver) = chain_with_foreign_driver(&foreign, idle + Duration::from_secs(180), proxy.as_ref()).await;
     let idle_secs = idle.as_secs().to_string();
@@ -521,38 +522,73 @@ async fn idle_watch_of_a_grpcio_gateway(idle: Duration, egress: Egress) -> Optio
 #[derive(Clone, Copy)]
 enum Egress {
     Direct,
-    /// Through tinyproxy (`--proxy`), which closes a tunnel idle for 8 s
-    /// (less than the relay's own 10 s ping interval toward the shim):
-    /// the shim's keepalive on the tunnelled hop must hold it open, while
-    /// the gateway and the driver are still never pinged.
+    /// Through tinyproxy (`--proxy http://`), which closes a tunnel idle
+    /// for 8 s (less than the relay's own 10 s ping interval toward the
+    /// shim): the shim's keepalive on the tunnelled hop must hold it open,
+    /// while the gateway and the driver are still never pinged.
     Proxy,
+    /// The same behind a TLS front (`--proxy https://` with `--proxy-ca`):
+    /// the keepalive crosses TLS to the proxy, then the tunnel.
+    HttpsProxy,
 }
 
 /// A proxy closing tunnels idle this long: far below the idle period.
 const PROXY_IDLE_TIMEOUT_SECS: u32 = 8;
 
+/// The proxy a scenario's shim goes through.
+struct ProxyPath {
+    proxy: common::tinyproxy::Tinyproxy,
+    front: Option<common::tinyproxy::TlsFront>,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyPath {
+    fn shim_args(&self) -> Vec<String> {
+        match &self.front {
+            None => vec!["--proxy".into(), self.proxy.url("")],
+            Some(front) => {
+                vec!["--proxy".into(), front.url(""), "--proxy-ca".into(), front.ca_file.display().to_string()]
+            }
+        }
+    }
+}
+
 impl Egress {
     /// The proxy to start: `Some(None)` for none, `None` when tinyproxy is
     /// missing (skipped, said so).
-    fn proxy(self) -> Option<Option<common::tinyproxy::Tinyproxy>> {
-        match self {
-            Egress::Direct => Some(None),
-            Egress::Proxy => common::tinyproxy::Tinyproxy::start_with_idle_timeout(
-                "idle watches through an HTTP proxy",
-                PROXY_IDLE_TIMEOUT_SECS,
-                "",
-            )
-            .map(Some),
+    async fn proxy(self) -> Option<Option<ProxyPath>> {
+        if let Egress::Direct = self {
+            return Some(None);
         }
+        let proxy = common::tinyproxy::Tinyproxy::start_with_idle_timeout(
+            "idle watches through an HTTP proxy",
+            PROXY_IDLE_TIMEOUT_SECS,
+            "",
+        )?;
+        let dir = tempfile::tempdir().unwrap();
+        let front = match self {
+            Egress::HttpsProxy => Some(common::tinyproxy::TlsFront::start(dir.path(), proxy.port).await),
+            _ => None,
+        };
+        Some(Some(ProxyPath { proxy, front, _dir: dir }))
     }
 
     /// The figures' tail for a proxied scenario: the one tunnel held open.
-    fn tunnel_held(proxy: Option<&common::tinyproxy::Tinyproxy>, chain: &ProcessChain) -> String {
-        let Some(proxy) = proxy else { return String::new() };
+    fn tunnel_held(path: Option<&ProxyPath>, chain: &ProcessChain) -> String {
+        let Some(path) = path else { return String::new() };
         let relay = chain.relay_addr.parse().expect("the relay's address");
-        let tunnels = proxy.connects_to(relay);
-        assert_eq!(tunnels, 1, "the shim needed {tunnels} tunnels, not one held open:\n{}", proxy.log());
-        format!(", through one tinyproxy tunnel held open past the proxy's {PROXY_IDLE_TIMEOUT_SECS} s idle timeout")
+        let tunnels = path.proxy.connects_to(relay);
+        assert_eq!(tunnels, 1, "the shim needed {tunnels} tunnels, not one held open:\n{}", path.proxy.log());
+        let tls = match &path.front {
+            Some(front) => {
+                assert_eq!(front.handshakes(), 1, "TLS handshakes with the proxy's front");
+                " inside one TLS connection to the proxy"
+            }
+            None => "",
+        };
+        format!(
+            ", through one tinyproxy tunnel{tls} held open past the proxy's {PROXY_IDLE_TIMEOUT_SECS} s idle timeout"
+        )
     }
 }
 
@@ -606,15 +642,12 @@ fn assert_never_pinged(process: &Process) {
 async fn chain_with_foreign_driver(
     foreign: &Foreign,
     lifetime: Duration,
-    proxy: Option<&common::tinyproxy::Tinyproxy>,
+    proxy: Option<&ProxyPath>,
 ) -> (ProcessChain, Process) {
     let mut slot = None;
     let started = &mut slot;
-    let url = proxy.map(|p| p.url(""));
-    let shim_extra: Vec<&str> = match &url {
-        Some(url) => vec!["--proxy", url],
-        None => vec![],
-    };
+    let args = proxy.map(ProxyPath::shim_args).unwrap_or_default();
+    let shim_extra: Vec<&str> = args.iter().map(String::as_str).collect();
     let chain = ProcessChain::start_with_driver(&[], &shim_extra, &[], move |socket| {
         Box::pin(async move {
             *started = Some(foreign.start(&socket, lifetime).await);
