@@ -70,7 +70,9 @@ impl ProxyUrl {
 impl fmt::Display for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.tls { "https" } else { "http" };
-        match (&self.user, &self.password) {
+        // The user as it would be written in the URL: escaped, so that what
+        // is shown reads as the same URL again (a `/` or `@` in it too).
+        match (self.user.as_deref().map(percent_encode), &self.password) {
             (Some(user), Some(_)) => write!(f, "{scheme}://{user}:***@{}", self.authority()),
             (Some(user), None) => write!(f, "{scheme}://{user}@{}", self.authority()),
             _ => write!(f, "{scheme}://{}", self.authority()),
@@ -162,6 +164,20 @@ fn percent_decode(text: &str) -> Result<String, String> {
         }
     }
     String::from_utf8(out).map_err(|_| "the user or password is not UTF-8 once unescaped".into())
+}
+
+/// Escapes every byte of a URL's user name that is not unreserved or a
+/// sub-delimiter (RFC 3986), as `%XX`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn base64(input: &[u8]) -> String {
@@ -611,6 +627,10 @@ mod tests {
         let bare: ProxyUrl = "proxy:8080".parse().unwrap();
         assert_eq!(bare.authority(), "proxy:8080");
         assert_eq!("http://[::1]".parse::<ProxyUrl>().unwrap().authority(), "[::1]:80");
+        // An escaped user is shown escaped, so the shown URL reads the same.
+        let odd: ProxyUrl = "http://l%2F*e:%40pw@c".parse().unwrap();
+        assert_eq!((odd.user(), odd.to_string().as_str()), (Some("l/*e"), "http://l%2F*e:***@c:80"));
+        assert_eq!(odd.to_string().parse::<ProxyUrl>().unwrap().user(), Some("l/*e"));
         let tls: ProxyUrl = "HTTPS://alice:pw@proxy.corp".parse().unwrap();
         assert!(tls.tls && !bare.tls);
         assert_eq!(tls.to_string(), "https://alice:***@proxy.corp:443");
