@@ -10,7 +10,8 @@
 //! - an accepted URL shows no password (`user:***`), and its display
 //!   parses back to the same host, port and user;
 //! - a refusal is one line and does not repeat the password (of 4 or more
-//!   characters, not found elsewhere in the text);
+//!   characters, not found elsewhere in the text nor in the parser's own
+//!   wording);
 //! - a list holding `*` excludes every host.
 
 use openshell_driver_bridge::connect::proxy::{answer_end, parse_answer, NoProxy, ProxyUrl};
@@ -49,7 +50,7 @@ pub fn run(data: &[u8]) {
                     assert!(!message.contains(['\n', '\r']), "refusal is not one line: {message:?}");
                     if let Some(password) = secret(text) {
                         assert!(
-                            password.len() < 4 || !message.contains(password),
+                            password.len() < 4 || !message.contains(password) || in_wording(password),
                             "{text:?}: refusal shows the password: {message}"
                         );
                     }
@@ -69,6 +70,16 @@ pub fn run(data: &[u8]) {
             }
         }
     }
+}
+
+/// Whether `part` is in the parser's own wording, as its refusals of inputs
+/// that hold no password show it (a password such as `tp:/` is found in
+/// "expected http://..." without being shown).
+fn in_wording(part: &str) -> bool {
+    ["ftp://h", "http://u@h/x", "http://:p@h", "http://u@", "http://u:%zz@h", "http://u:%ff@h"]
+        .iter()
+        .filter_map(|text| text.parse::<ProxyUrl>().err())
+        .any(|wording| wording.contains(part))
 }
 
 /// The password of `scheme://user:password@host`, if the text has one
