@@ -17,14 +17,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::pump::{pump, Side};
 use super::{CallbackSettings, STREAM_WINDOW};
 use crate::connect::Io;
-use crate::listen::accept::Acceptor;
 use crate::obs::fold::Fold;
 use crate::obs::metrics::callback::Refusal;
 use crate::obs::metrics::Metrics;
@@ -59,6 +58,8 @@ struct Inner {
     next_id: AtomicU64,
     /// Refusal lines, folded per reason.
     refusals: Fold,
+    /// Sandbox connections open at once, at most `--callback-max-connections`.
+    open: Arc<Semaphore>,
 }
 
 #[derive(Clone)]
@@ -79,6 +80,7 @@ impl Hub {
                 links: Mutex::default(),
                 next_id: AtomicU64::new(0),
                 refusals: Fold::new(Duration::from_secs(10)),
+                open: Arc::new(Semaphore::new(callback.settings.max_connections)),
             }),
         }
     }
@@ -221,31 +223,21 @@ impl Hub {
     }
 }
 
-/// Accepts sandbox connections on `listener` until draining begins, each
-/// carried to the gateway through a shim's link.
-pub async fn run_listener(listener: TcpListener, hub: Hub, shutdown: Shutdown) {
-    let name = match listener.local_addr() {
-        Ok(addr) => format!("callback {addr}"),
-        Err(_) => "callback".to_owned(),
-    };
-    let max = hub.inner.settings.max_connections;
-    let limit = Arc::new(Semaphore::new(max));
-    let acceptor = Acceptor::new(listener, name);
-    loop {
-        let (socket, remote) = tokio::select! {
-            accepted = acceptor.accept() => accepted,
-            _ = shutdown.draining().cancelled() => break,
-        };
-        crate::connect::tcp::tune_tcp(&socket);
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            hub.inner.metrics.callback.refused(Refusal::ConnectionLimit);
-            if let Some(repeated) = hub.inner.refusals.hit("connection_limit") {
+impl Hub {
+    /// A sandbox's connection, accepted by the callback listener: carried
+    /// to the gateway on a task of its own, or closed at once when
+    /// `--callback-max-connections` are open.
+    pub fn take(&self, socket: TcpStream, remote: SocketAddr, shutdown: &Shutdown) {
+        let Ok(permit) = self.inner.open.clone().try_acquire_owned() else {
+            let max = self.inner.settings.max_connections;
+            self.inner.metrics.callback.refused(Refusal::ConnectionLimit);
+            if let Some(repeated) = self.inner.refusals.hit("connection_limit") {
                 tracing::warn!(%remote, max, repeated, "closed a callback connection at once: --callback-max-connections {max} are open");
             }
             let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
-            continue;
+            return;
         };
-        let hub = hub.clone();
+        let hub = self.clone();
         let stopping = shutdown.stopping().clone();
         shutdown.tasks().spawn(async move {
             let _permit = permit;

@@ -50,7 +50,7 @@ pub(super) fn check_relay(config: &RelayConfig, report: &mut Report) {
     let Some(callback) = &config.callback else {
         return;
     };
-    let outcome = match super::relay::check_listen(callback.listen) {
+    let outcome = match super::listen::check_listen(callback.listen) {
         Outcome::Pass(detail) => Outcome::Pass(format!(
             "{detail}; sandboxes' connections go to the gateway through the shim of {} (its --callback-target)",
             callback.client

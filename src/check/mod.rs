@@ -34,6 +34,7 @@ mod callback;
 mod chain;
 mod crl;
 mod link;
+mod listen;
 mod material;
 mod relay;
 mod shim;

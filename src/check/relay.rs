@@ -3,7 +3,7 @@
 //! and `GetCapabilities` over h2c, as the relay forwards it.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpStream, UnixStream};
@@ -15,6 +15,7 @@ use crate::grpc::client::GATEWAY_DUMMY_URI;
 use crate::role::relay::{DriverTarget, RelayConfig};
 
 use super::call::{call_capabilities, describe_status, CallError};
+use super::listen::check_listen;
 use super::material::{check_material, ip_sans, Material, Side};
 use super::words::{ms, span};
 use super::{fail, Outcome, Report};
@@ -95,29 +96,6 @@ fn relay_names(config: &RelayConfig, material: &Material) -> Outcome {
         names.join(", "),
         config.describe_clients()
     ))
-}
-
-/// Whether the listen address is free or already served; binding is not
-/// needed for the check, only informative.
-pub(super) fn check_listen(addr: SocketAddr) -> Outcome {
-    if addr.port() == 0 {
-        return Outcome::Pass(format!("{addr}: the system will pick a free port"));
-    }
-    match std::net::TcpListener::bind(addr) {
-        Ok(_) => Outcome::Pass(format!("{addr} is free (no relay is serving it yet)")),
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            Outcome::Pass(format!("{addr} is in use: something serves it already (a running relay?)"))
-        }
-        Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => fail(
-            format!("{addr}: not an address of this host"),
-            "listen on an address of this host, or on 0.0.0.0:PORT for all of them",
-        ),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => fail(
-            format!("{addr}: permission denied"),
-            "ports below 1024 need CAP_NET_BIND_SERVICE (AmbientCapabilities= in a systemd unit); or use a higher port",
-        ),
-        Err(e) => fail(format!("{addr}: {}", describe_io_error(&e)), "check --listen"),
-    }
 }
 
 /// Connects to the driver once, for a precise error and hint.

@@ -2,6 +2,7 @@
 //! plain TCP on loopback). A connector yields a byte stream; the link puts
 //! HTTP/2 on top of it.
 
+pub mod address;
 pub mod dialer;
 pub mod open;
 pub mod proxy;

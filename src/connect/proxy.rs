@@ -126,7 +126,7 @@ impl std::str::FromStr for ProxyUrl {
         };
         let default_port = if tls { 443 } else { 80 };
         let with_port = if has_port { hostport.to_owned() } else { format!("{hostport}:{default_port}") };
-        let upstream: crate::role::shim::Upstream =
+        let upstream: super::address::Upstream =
             format!("https://{with_port}").parse().map_err(|_| format!("no usable host and port; {EXPECTED}"))?;
         Ok(ProxyUrl { host: upstream.host, port: upstream.port, tls, user, password })
     }

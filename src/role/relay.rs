@@ -186,7 +186,7 @@ pub async fn start(mut config: RelayConfig, shutdown: Shutdown) -> anyhow::Resul
         "relay serving"
     );
     let hub = callback.map(|(listener, hub)| {
-        tokio::spawn(crate::callback::relay::run_listener(listener, hub.clone(), shutdown.clone()));
+        tokio::spawn(crate::listen::callback::run(listener, hub.clone(), shutdown.clone()));
         hub
     });
     let task = tokio::spawn(crate::listen::tls::run(

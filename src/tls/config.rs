@@ -58,16 +58,7 @@ impl TlsFiles {
     }
 }
 
-/// An error building a TLS configuration, already worded for an operator.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TlsConfigError(pub String);
-
-impl From<material::MaterialError> for TlsConfigError {
-    fn from(e: material::MaterialError) -> Self {
-        TlsConfigError(e.to_string())
-    }
-}
+pub use crate::tls::error::TlsConfigError;
 
 /// The driver contract's protocol: gRPC over HTTP/2.
 pub const ALPN_H2: &[u8] = b"h2";

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
-use crate::tls::config::TlsConfigError;
+use crate::tls::error::TlsConfigError;
 
 /// The flag every message names.
 pub const FLAG: &str = "--crl";

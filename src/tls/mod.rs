@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod crl;
+pub mod error;
 pub mod identity;
 pub mod material;
 pub mod reload;

@@ -23,13 +23,15 @@ mod certs;
 #[cfg(test)]
 mod fixtures;
 mod key;
+mod pair;
 mod pem;
 mod validity;
 
 use std::path::Path;
 
 pub use self::certs::{cert_info, load_cert_info, load_certs, load_roots, CertInfo};
-pub use self::key::{load_certified_key, load_key, ALLOW_LOOSE_KEY_PERMISSIONS_FLAG};
+pub use self::key::{load_key, ALLOW_LOOSE_KEY_PERMISSIONS_FLAG};
+pub use self::pair::load_certified_key;
 pub use self::validity::{check_validity, require_valid, warn_on_expiry, Utc, Validity};
 
 /// What went wrong, for callers that react differently to different
