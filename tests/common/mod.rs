@@ -5,6 +5,7 @@
 //! client on the shim's socket.
 #![allow(dead_code)]
 
+pub mod exposition;
 pub mod fault;
 pub mod process;
 pub mod raw_h2;
