@@ -141,35 +141,7 @@ async fn open_watch(socket: &Path) -> tonic::Streaming<WatchSandboxesEvent> {
 
 /// The watch sees sandbox `id`, created through `socket`.
 async fn sees_created(socket: &Path, watch: &mut tonic::Streaming<WatchSandboxesEvent>, id: &str) {
-    let mut client = driver_client(socket).await.unwrap();
-    client.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox(id)) }).await.unwrap();
-    let seen = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let event = watch.message().await.unwrap().unwrap();
-            if let Some(Payload::Sandbox(s)) = event.payload {
-                if s.sandbox.map(|s| s.id).as_deref() == Some(id) {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
-    assert!(seen.is_ok(), "the watch did not see {id}");
-}
-
-/// How the watch ends: its status, within `limit`.
-async fn watch_end(watch: &mut tonic::Streaming<WatchSandboxesEvent>, limit: Duration) -> tonic::Status {
-    tokio::time::timeout(limit, async {
-        loop {
-            match watch.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return tonic::Status::ok("ended without a status"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .expect("the watch did not end in time")
+    assert!(create_and_see(socket, watch, id).await, "the watch did not see {id}");
 }
 
 // ---------------------------------------------------------------------------
@@ -265,7 +237,7 @@ async fn revoking_the_relay_certificate_closes_the_shims_open_connection(proxy: 
 
     let written = Instant::now();
     write_crl(&site.pki.ca, &crl, &[&site.pki.server.0], 2, in_a_week());
-    let status = watch_end(&mut watch, Duration::from_secs(10)).await;
+    let status = watch_end_within(&mut watch, Duration::from_secs(10)).await;
     eprintln!("shim side: CRL written -> the gateway's watch ended in {} ms", written.elapsed().as_millis());
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("relay certificate revoked"), "{}", status.message());
@@ -325,7 +297,7 @@ async fn a_reload_that_revokes_an_open_clients_certificate_closes_its_connection
     // The drill: a CRL listing gw-a's certificate dropped in place.
     let written = Instant::now();
     write_crl(&site.pki.ca, &site.crl, &[&a.cert], 2, in_a_week());
-    let status = watch_end(&mut watch_a, Duration::from_secs(10)).await;
+    let status = watch_end_within(&mut watch_a, Duration::from_secs(10)).await;
     let took = written.elapsed();
     eprintln!("revocation drill: CRL written -> gw-a's watch ended in {} ms", took.as_millis());
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -443,7 +415,7 @@ async fn a_policy_reload_closes_removed_identities_restricts_moved_ones_and_leav
     sees_created(&shims[0].socket, &mut watches[0], "before").await;
 
     ps.rewrite("allow-client = [\"dns:gw-a\"]\nallow-client-read-only = [\"dns:gw-b\"]");
-    let status = watch_end(&mut watches[2], Duration::from_secs(5)).await;
+    let status = watch_end_within(&mut watches[2], Duration::from_secs(5)).await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(
         status.message().contains("dns:gw-c") && status.message().contains("no longer allowed"),
@@ -751,7 +723,7 @@ async fn sighup_applies_a_new_policy_and_a_new_crl_to_a_running_relay_process() 
     // Policy: gw-b removed, SIGHUP.
     write_config(&format!("\"dns:{GATEWAY_ID}\""));
     relay.signal(rustix::process::Signal::HUP);
-    let status = watch_end(&mut watch_b, Duration::from_secs(5)).await;
+    let status = watch_end_within(&mut watch_b, Duration::from_secs(5)).await;
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let reloaded = relay.expect_log(&["access policy reloaded", "SIGHUP"]).await;
     assert!(reloaded.contains("removed=dns:gw-b (full)") && reloaded.contains("closed_connections=1"), "{reloaded}");
@@ -761,7 +733,7 @@ async fn sighup_applies_a_new_policy_and_a_new_crl_to_a_running_relay_process() 
     let written = Instant::now();
     write_crl(&pki.ca, &crl, &[&pki.client.0], 2, in_a_week());
     relay.signal(rustix::process::Signal::HUP);
-    let status = watch_end(&mut watch_gw, Duration::from_secs(10)).await;
+    let status = watch_end_within(&mut watch_gw, Duration::from_secs(10)).await;
     eprintln!(
         "revocation drill (processes, SIGHUP): CRL written -> the gateway's watch ended in {} ms",
         written.elapsed().as_millis()

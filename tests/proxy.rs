@@ -31,17 +31,6 @@ fn via(url: &str) -> ProxySetting {
     ProxySetting::from_flag(url).unwrap()
 }
 
-/// Reads the watch until it ends; the status it ended with.
-async fn watch_end(watch: &mut tonic::Streaming<WatchSandboxesEvent>) -> tonic::Status {
-    loop {
-        match watch.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => return tonic::Status::ok("ended cleanly"),
-            Err(status) => return status,
-        }
-    }
-}
-
 async fn chain_through(setting: ProxySetting) -> (Chain, openshell_driver_bridge::demo::driver::DemoDriver) {
     chain_with(|shim| shim.proxy = setting).await
 }

@@ -126,17 +126,6 @@ async fn watch_until(watch: &mut tonic::Streaming<WatchSandboxesEvent>, id: &str
     }
 }
 
-/// Reads the watch until it ends; the status it ended with.
-async fn watch_end(watch: &mut tonic::Streaming<WatchSandboxesEvent>) -> tonic::Status {
-    loop {
-        match watch.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => return tonic::Status::ok("ended cleanly"),
-            Err(status) => return status,
-        }
-    }
-}
-
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }

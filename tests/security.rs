@@ -14,7 +14,6 @@ use common::process::{Bridge, ProcessChain};
 use common::*;
 use openshell_driver_bridge::grpc::client::driver_client;
 use openshell_driver_bridge::pki::{self, Ca, LeafSpec};
-use openshell_driver_bridge::proto::compute::watch_sandboxes_event::Payload;
 use openshell_driver_bridge::proto::compute::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -114,20 +113,7 @@ async fn bystander(chain: &ProcessChain) -> tonic::Streaming<WatchSandboxesEvent
 
 /// The bystander still gets live events, and the call path still works.
 async fn undisturbed(chain: &mut ProcessChain, watch: &mut tonic::Streaming<WatchSandboxesEvent>, id: &str) {
-    let mut client = driver_client(&chain.shim_socket).await.unwrap();
-    client.create_sandbox(CreateSandboxRequest { sandbox: Some(sandbox(id)) }).await.unwrap();
-    let seen = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let event = watch.message().await.unwrap().unwrap();
-            if let Some(Payload::Sandbox(s)) = event.payload {
-                if s.sandbox.map(|s| s.id).as_deref() == Some(id) {
-                    return true;
-                }
-            }
-        }
-    })
-    .await;
-    assert_eq!(seen, Ok(true), "bystander watch missed {id}");
+    assert!(create_and_see(&chain.shim_socket, watch, id).await, "bystander watch missed {id}");
     assert!(chain.relay.is_running() && chain.shim.is_running());
     assert!(chain.driver.as_mut().is_none_or(|d| d.is_running()));
 }

@@ -52,6 +52,53 @@ pub fn sandbox(id: &str) -> openshell_driver_bridge::proto::compute::DriverSandb
     }
 }
 
+/// Reads the watch until it ends; the status it ended with (OK when it
+/// ended without one).
+pub async fn watch_end(
+    watch: &mut tonic::Streaming<openshell_driver_bridge::proto::compute::WatchSandboxesEvent>,
+) -> tonic::Status {
+    loop {
+        match watch.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return tonic::Status::ok("ended cleanly"),
+            Err(status) => return status,
+        }
+    }
+}
+
+/// `watch_end`, which must come within `limit`.
+pub async fn watch_end_within(
+    watch: &mut tonic::Streaming<openshell_driver_bridge::proto::compute::WatchSandboxesEvent>,
+    limit: Duration,
+) -> tonic::Status {
+    tokio::time::timeout(limit, watch_end(watch)).await.expect("the watch did not end in time")
+}
+
+/// Creates sandbox `id` through the socket at `socket`; whether `watch`
+/// then sees it within 5 s (a watch that ends meanwhile fails the test).
+pub async fn create_and_see(
+    socket: &Path,
+    watch: &mut tonic::Streaming<openshell_driver_bridge::proto::compute::WatchSandboxesEvent>,
+    id: &str,
+) -> bool {
+    use openshell_driver_bridge::proto::compute::watch_sandboxes_event::Payload;
+    let mut client = openshell_driver_bridge::grpc::client::driver_client(socket).await.unwrap();
+    let request = openshell_driver_bridge::proto::compute::CreateSandboxRequest { sandbox: Some(sandbox(id)) };
+    client.create_sandbox(request).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let event = watch.message().await.unwrap().unwrap();
+            if let Some(Payload::Sandbox(s)) = event.payload {
+                if s.sandbox.map(|s| s.id).as_deref() == Some(id) {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    seen.is_ok()
+}
+
 /// A CA with a server (localhost, 127.0.0.1) and a client (openshell-gateway)
 /// certificate, written to files as an operator would have them.
 pub struct TestPki {
@@ -390,21 +437,24 @@ pub struct RawResponse {
 impl RawResponse {
     /// grpc-status from the trailers, or from the headers (Trailers-Only).
     pub fn grpc_status(&self) -> Option<String> {
-        self.trailers
-            .get("grpc-status")
-            .or_else(|| self.headers.get("grpc-status"))
-            .map(|v| v.to_str().unwrap().to_owned())
+        grpc_status_of(&self.headers, &self.trailers)
     }
 
     pub fn grpc_message(&self) -> String {
-        let raw = self
-            .trailers
-            .get("grpc-message")
-            .or_else(|| self.headers.get("grpc-message"))
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        percent_decode(&raw)
+        grpc_message_of(&self.headers, &self.trailers)
     }
+}
+
+/// grpc-status of an answer: from its trailers, or from its headers
+/// (Trailers-Only).
+pub fn grpc_status_of(headers: &HeaderMap, trailers: &HeaderMap) -> Option<String> {
+    trailers.get("grpc-status").or_else(|| headers.get("grpc-status")).map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// grpc-message of an answer, percent-decoded; empty when there is none.
+pub fn grpc_message_of(headers: &HeaderMap, trailers: &HeaderMap) -> String {
+    let raw = trailers.get("grpc-message").or_else(|| headers.get("grpc-message"));
+    raw.map(|v| percent_decode(v.to_str().unwrap())).unwrap_or_default()
 }
 
 pub fn percent_decode(text: &str) -> String {

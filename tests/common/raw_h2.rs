@@ -164,15 +164,11 @@ pub struct Answer {
 
 impl Answer {
     pub fn grpc_status(&self) -> Option<String> {
-        self.trailers
-            .get("grpc-status")
-            .or_else(|| self.headers.get("grpc-status"))
-            .map(|v| v.to_str().unwrap().to_owned())
+        super::grpc_status_of(&self.headers, &self.trailers)
     }
 
     pub fn grpc_message(&self) -> String {
-        let raw = self.trailers.get("grpc-message").or_else(|| self.headers.get("grpc-message"));
-        raw.map(|v| super::percent_decode(v.to_str().unwrap())).unwrap_or_default()
+        super::grpc_message_of(&self.headers, &self.trailers)
     }
 }
 
