@@ -11,9 +11,9 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 
 use crate::cli::args::ShimArgs;
-use crate::connect::proxy::Route;
+use crate::connect::proxy::ProxyHop;
 use crate::describe::describe_io_error;
-use crate::role::shim::{proxy_hops, ShimConfig};
+use crate::role::shim::{proxy_roots, proxy_routes, ShimConfig};
 use crate::tls::config::client_config;
 use crate::tls::identity::PeerIdentity;
 
@@ -55,25 +55,20 @@ pub(super) async fn check_shim(args: &ShimArgs, timeout: Duration, report: &mut 
         },
         None => ClientTls::Unusable,
     };
-    let hops = match proxy_hops(&config) {
-        Ok(hops) => hops,
+    let routes = match proxy_routes(&config) {
+        Ok(routes) => routes,
         Err(e) => {
             report.record("proxy", fail(e.to_string(), "fix --proxy-ca (the CA that issued the https:// proxy's certificate), or give the proxy's http:// URL"));
             report.skip(&SHIM_STEPS[SHIM_STEPS.len() - 3..], "no TLS configuration for the proxy");
             return;
         }
     };
-    let proxy_roots = match &config.proxy_ca {
-        Some(path) => format!("--proxy-ca {}", path.display()),
-        None => "the system's roots".to_owned(),
-    };
-    for ((upstream, name), hop) in config.upstreams.iter().zip(names).zip(hops.iter().cloned()) {
-        // The configuration step already refused a proxy variable that does not parse.
-        let route = config.proxy.route(&upstream.host, upstream.port).unwrap_or_else(Route::Direct);
+    let proxy_roots = proxy_roots(&config);
+    for ((upstream, name), (route, hop)) in config.upstreams.iter().zip(names).zip(&routes) {
         let link = LinkCheck {
             upstream,
-            route: &route,
-            hop,
+            route,
+            hop: hop.clone(),
             proxy_roots: &proxy_roots,
             name,
             tls: &tls,
@@ -83,6 +78,7 @@ pub(super) async fn check_shim(args: &ShimArgs, timeout: Duration, report: &mut 
         };
         link.run(report).await;
     }
+    let hops: Vec<Option<ProxyHop>> = routes.into_iter().map(|(_, hop)| hop).collect();
     super::callback::check_shim(&config, &hops, timeout, report).await;
 }
 

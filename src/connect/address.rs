@@ -12,11 +12,16 @@ pub struct Upstream {
 impl Upstream {
     /// `host:port`, with IPv6 hosts in brackets.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        authority(&self.host, self.port)
+    }
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+pub fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 

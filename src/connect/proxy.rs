@@ -47,11 +47,7 @@ pub struct ProxyUrl {
 impl ProxyUrl {
     /// `host:port`, with IPv6 hosts in brackets.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        super::address::authority(&self.host, self.port)
     }
 
     pub fn user(&self) -> Option<&str> {

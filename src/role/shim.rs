@@ -65,37 +65,30 @@ pub fn start(mut config: ShimConfig, shutdown: Shutdown) -> anyhow::Result<Runni
     let tls = Arc::new(ArcSwap::from_pointee(client_config(&config.tls, &config.expect_server)?));
     // The upstream connections open now, which a reloaded CRL may sever.
     let live = LiveUpstreams::default();
-    let hops = proxy_hops(&config)?;
+    let hops: Vec<Option<ProxyHop>> = proxy_routes(&config)?.into_iter().map(|(_, hop)| hop).collect();
     let tls_to_proxy = hops.iter().flatten().any(|hop| hop.url.tls);
     if config.proxy_ca.is_some() && !tls_to_proxy {
         tracing::warn!("--proxy-ca is given, yet no upstream goes through an https:// proxy: it is not used");
     }
-    let proxy_tls = match (&config.proxy_ca, tls_to_proxy) {
-        (_, false) => "-".to_owned(),
-        (Some(path), true) => format!("verified against --proxy-ca {}", path.display()),
-        (None, true) => "verified against the system's roots".to_owned(),
+    let proxy_tls = if tls_to_proxy { format!("verified against {}", proxy_roots(&config)) } else { "-".to_owned() };
+    // The upstreams as reached with `tls`: the driver contract's dialer, and
+    // the callback link's (same identity and upstreams, its own ALPN id).
+    let targets_with = |tls: &Arc<ArcSwap<rustls::ClientConfig>>| {
+        config
+            .upstreams
+            .iter()
+            .zip(&hops)
+            .map(|(upstream, hop)| target_for(upstream, config.server_name.as_deref(), tls, hop, &live))
+            .collect::<anyhow::Result<Vec<_>>>()
     };
-    let targets = config
-        .upstreams
-        .iter()
-        .zip(&hops)
-        .map(|(upstream, hop)| target_for(upstream, config.server_name.as_deref(), &tls, hop, &live))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let targets = targets_with(&tls)?;
     let routes = describe_routes(&config)?;
     let dialer = Dialer::new("upstream", targets, config.settings.dial.clone());
     let forwarder = Forwarder::new("shim", dialer, Policy::LocalPeers, config.settings.forward.clone());
     // The callback link: the same identity and upstreams, its own ALPN protocol.
     let callback_tls = Arc::new(ArcSwap::from_pointee(with_alpn(&tls.load(), ALPN_CALLBACK)));
     let callback_dialer = match &config.callback {
-        Some(_) => {
-            let targets = config
-                .upstreams
-                .iter()
-                .zip(&hops)
-                .map(|(upstream, hop)| target_for(upstream, config.server_name.as_deref(), &callback_tls, hop, &live))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            Some(Dialer::new("callback upstream", targets, config.settings.dial.clone()))
-        }
+        Some(_) => Some(Dialer::new("callback upstream", targets_with(&callback_tls)?, config.settings.dial.clone())),
         None => None,
     };
     let expect = config.expect_server.clone();
@@ -187,10 +180,11 @@ fn target_for(
     })
 }
 
-/// The proxy each upstream is reached through, if any. The TLS
-/// configuration for `https://` proxies is built once, from `--proxy-ca`
-/// or the system's roots, and only when some upstream needs it.
-pub fn proxy_hops(config: &ShimConfig) -> anyhow::Result<Vec<Option<ProxyHop>>> {
+/// How each upstream is reached (directly, or through which proxy and
+/// why), with the proxy hop its connector takes. The TLS configuration for
+/// `https://` proxies is built once, from `--proxy-ca` or the system's
+/// roots, and only when some upstream needs it.
+pub fn proxy_routes(config: &ShimConfig) -> anyhow::Result<Vec<(Route, Option<ProxyHop>)>> {
     let routes = config
         .upstreams
         .iter()
@@ -201,9 +195,20 @@ pub fn proxy_hops(config: &ShimConfig) -> anyhow::Result<Vec<Option<ProxyHop>>> 
         false => None,
     };
     routes
-        .iter()
-        .map(|route| route.proxy().map(|url| ProxyHop::new(url, tls.clone())).transpose().map_err(anyhow::Error::msg))
+        .into_iter()
+        .map(|route| {
+            let hop = route.proxy().map(|url| ProxyHop::new(url, tls.clone())).transpose();
+            Ok((route, hop.map_err(anyhow::Error::msg)?))
+        })
         .collect()
+}
+
+/// What an `https://` proxy's certificate must chain to.
+pub fn proxy_roots(config: &ShimConfig) -> String {
+    match &config.proxy_ca {
+        Some(path) => format!("--proxy-ca {}", path.display()),
+        None => "the system's roots".to_owned(),
+    }
 }
 
 /// How each upstream is reached: `relay:7443 via proxy http://user:***@proxy:3128
