@@ -70,13 +70,13 @@ impl LinkCheck<'_> {
             String::new()
         };
         report.record("proxy", Outcome::Pass(format!("{authority} {}{roots}", self.route)));
-        let mut later = vec!["proxy-connect", "tls-handshake", "get-capabilities"];
-        if self.hop.is_none() {
-            later.remove(0);
-        }
-        if tls_to_proxy {
-            later.insert(0, "proxy-tls");
-        }
+        // The steps of this link in order; a failed one skips those after it.
+        let steps: Vec<&str> = std::iter::once("tcp-connect")
+            .chain(tls_to_proxy.then_some("proxy-tls"))
+            .chain(self.hop.is_some().then_some("proxy-connect"))
+            .chain(["tls-handshake", "get-capabilities"])
+            .collect();
+        let after = |step: &str| steps.iter().position(|s| *s == step).map_or(&steps[..0], |at| &steps[at + 1..]);
         let connected = match &self.hop {
             None => tcp_connect(&authority, self.timeout).await,
             Some(hop) => proxy_connect(&hop.url, self.timeout).await,
@@ -89,13 +89,12 @@ impl LinkCheck<'_> {
             Err(outcome) => {
                 report.record("tcp-connect", outcome);
                 let to = self.hop.as_ref().map_or(authority, |hop| hop.url.to_string());
-                report.skip(&later, &format!("no TCP connection to {to}"));
+                report.skip(after("tcp-connect"), &format!("no TCP connection to {to}"));
                 return;
             }
         };
         let mut io: BoxIo = match &self.hop {
             Some(hop) if tls_to_proxy => {
-                later.remove(0);
                 let started = Instant::now();
                 match proxy::secure_proxy(hop, tcp, self.timeout).await {
                     Ok(secured) => {
@@ -109,7 +108,7 @@ impl LinkCheck<'_> {
                             self.proxy_roots, hop.url.host
                         );
                         report.record("proxy-tls", fail(e.0, hint));
-                        report.skip(&later, "no TLS connection to the proxy");
+                        report.skip(after("proxy-tls"), "no TLS connection to the proxy");
                         return;
                     }
                 }
@@ -118,7 +117,6 @@ impl LinkCheck<'_> {
         };
         if let Some(hop) = &self.hop {
             let started = Instant::now();
-            later.remove(0);
             match proxy::open_tunnel(&mut io, &hop.url, &authority, self.timeout).await {
                 Ok(answer) => {
                     let detail = format!("CONNECT {authority}: {} in {}", answer.line, ms(started.elapsed()));
@@ -126,7 +124,7 @@ impl LinkCheck<'_> {
                 }
                 Err(e) => {
                     report.record("proxy-connect", fail(e.0.clone(), tunnel_hint(&e.0, &hop.url, &authority)));
-                    report.skip(&later, "the proxy opened no tunnel");
+                    report.skip(after("proxy-connect"), "the proxy opened no tunnel");
                     return;
                 }
             }
