@@ -143,6 +143,21 @@ async fn grpcio_gateway_with_grpcio_default_unix_authority_reaches_the_driver() 
 /// then the relay starts and the whole session succeeds on the same channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_gateway_with_default_options_that_connected_while_the_relay_was_down_works_on_the_same_channel() {
+    grpcio_gateway_through_a_relay_outage(None).await;
+}
+
+/// The same with the shim behind an HTTP proxy (tinyproxy): while the
+/// relay is down the proxy refuses the tunnel, and once it is up the next
+/// tunnel carries the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_gateway_with_default_options_through_a_proxy_while_the_relay_was_down_works_on_the_same_channel() {
+    let test = "grpcio_gateway_with_default_options_through_a_proxy_while_the_relay_was_down";
+    let Some(proxy) = common::tinyproxy::Tinyproxy::start(test, "") else { return };
+    grpcio_gateway_through_a_relay_outage(Some(&proxy)).await;
+    assert!(proxy.log().contains("CONNECT 127.0.0.1:"), "the shim did not go through the proxy:\n{}", proxy.log());
+}
+
+async fn grpcio_gateway_through_a_relay_outage(proxy: Option<&common::tinyproxy::Tinyproxy>) {
     let Some(stubs) = python_stubs().await else {
         return;
     };
@@ -158,6 +173,9 @@ async fn grpcio_gateway_with_default_options_that_connected_while_the_relay_was_
     let relay_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut shim_cfg = shim_config(&pki, &shim_socket, relay_addr);
     shim_cfg.settings.dial.connect_wait = Duration::from_secs(2);
+    if let Some(proxy) = proxy {
+        shim_cfg.proxy = openshell_driver_bridge::connect::proxy::ProxySetting::from_flag(&proxy.url("")).unwrap();
+    }
     shim::start(shim_cfg, shutdown.clone()).unwrap();
 
     let mut gateway =
