@@ -157,6 +157,46 @@ async fn grpcio_gateway_with_default_options_through_a_proxy_while_the_relay_was
     assert!(proxy.log().contains("CONNECT 127.0.0.1:"), "the shim did not go through the proxy:\n{}", proxy.log());
 }
 
+/// A grpcio gateway (default channel options) holds a watch through a shim
+/// behind an HTTP proxy (tinyproxy) to a grpcio driver; the proxy restarts,
+/// cutting the tunnel: the watch ends UNAVAILABLE, and calls and a new
+/// watch on the same grpcio channel go through a new tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_gateway_with_default_options_whose_proxied_hop_is_lost_under_a_watch_recovers_on_the_same_channel() {
+    let test = "grpcio_gateway_with_default_options_whose_proxied_hop_is_lost_under_a_watch";
+    let Some(mut proxy) = common::tinyproxy::Tinyproxy::start(test, "") else { return };
+    let Some(stubs) = python_stubs().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(&dir.path().join("pki"));
+    let driver_socket = dir.path().join("driver/driver.sock");
+    let shim_socket = dir.path().join("shim/compute-driver.sock");
+    let shutdown = Shutdown::new();
+    let _stop = StopOnDrop(shutdown.clone());
+    let driver = python_driver(&stubs, &driver_socket).await;
+    let relay =
+        relay::start(relay_config(&pki, DriverTarget::Unix(driver_socket.clone())), shutdown.clone()).await.unwrap();
+    let mut shim_cfg = shim_config(&pki, &shim_socket, relay.local_addr);
+    shim_cfg.proxy = openshell_driver_bridge::connect::proxy::ProxySetting::from_flag(&proxy.url("")).unwrap();
+    shim::start(shim_cfg, shutdown.clone()).unwrap();
+
+    let mut gateway =
+        python_gateway(&stubs, &shim_socket, PYTHON_DRIVER, Authority::GrpcioDefault, &["--scenario", "lost-hop"]);
+    gateway.expect_line("watch open", SESSION, &[&driver]).await;
+    assert_eq!(proxy.connects_to(relay.local_addr), 1, "{}", proxy.log());
+    proxy.restart();
+    gateway.say("the hop is cut");
+    gateway.assert_success(SESSION, &[&driver]).await;
+    let transcript = gateway.transcript();
+    assert!(transcript.contains("PASS hop cut: ended UNAVAILABLE"), "{transcript}");
+    let figures: Vec<_> = transcript.lines().filter_map(|line| line.strip_prefix("out| PASS ")).collect();
+    report_line(&format!("proxied hop lost under a grpcio watch: {}", figures.join("; ")));
+    assert!(proxy.connects_to(relay.local_addr) >= 1, "no new tunnel:\n{}", proxy.log());
+    assert_never_pinged(&gateway);
+    assert_never_pinged(&driver);
+}
+
 async fn grpcio_gateway_through_a_relay_outage(proxy: Option<&common::tinyproxy::Tinyproxy>) {
     let Some(stubs) = python_stubs().await else {
         return;

@@ -6,7 +6,7 @@ dialling the shim's Unix socket with grpcio's C core instead of hyper/tonic:
 
     python3 tests/interop/gateway.py /path/to/compute-driver.sock \
         --driver python-grpcio|demo [--authority NAME] [--stubs DIR] \
-        [--scenario session|outage|idle-watch] [--idle-seconds N]
+        [--scenario session|outage|idle-watch|lost-hop] [--idle-seconds N]
 
 --driver names what is expected behind the socket: the grpcio driver of
 tests/interop/driver.py or the bridge's own demo driver; the session is the
@@ -22,7 +22,11 @@ passed. Every call carries a deadline, so the session never hangs.
   the session on the same channel;
 - idle-watch: creates a sandbox, opens WatchSandboxes, sees that sandbox,
   then holds the watch with nothing arriving for --idle-seconds, creates
-  another sandbox and must see its event on the same watch.
+  another sandbox and must see its event on the same watch;
+- lost-hop: opens a watch as above, prints "watch open" and reads a line
+  from stdin (the test cuts the shim's next hop, then writes one); the
+  watch must end UNAVAILABLE, then GetCapabilities and a new watch on the
+  same channel must work.
 
 --authority sets the HTTP/2 :authority through `grpc.default_authority`;
 without it grpcio sends its own default, which for a `unix:` target is the
@@ -320,29 +324,33 @@ def outage(pb2, pb2_grpc, channel, driver):
     return session.run()
 
 
-def idle_watch(pb2, pb2_grpc, channel, idle_seconds):
-    """Holds an idle watch for idle_seconds, then needs a new event on it."""
-    session = Session(pb2, pb2_grpc, channel, None)
-    stub = session.stub
-    events = queue.Queue()  # (monotonic time, event or RpcError or None at the end)
-    stream = None
+class Watch:
+    """A WatchSandboxes stream with no deadline (as the gateway holds it),
+    read on a thread of its own into a queue of (monotonic time, event, or
+    RpcError, or None at the end)."""
 
-    def read(stream):
+    def __init__(self, stub, pb2):
+        self.events = queue.Queue()
+        self.stream = stub.WatchSandboxes(pb2.WatchSandboxesRequest())
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
         try:
-            for event in stream:
-                events.put((time.monotonic(), event))
-            events.put((time.monotonic(), None))
+            for event in self.stream:
+                self.events.put((time.monotonic(), event))
+            self.events.put((time.monotonic(), None))
         except grpc.RpcError as e:
-            events.put((time.monotonic(), e))
+            self.events.put((time.monotonic(), e))
 
-    def wait_for(sandbox_id, limit):
+    def wait_for(self, sandbox_id, limit):
+        """Until the event of sandbox_id; StepFailed if the watch ends first."""
         deadline = time.monotonic() + limit
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise StepFailed(f"no event for {sandbox_id} within {limit}s")
             try:
-                _, item = events.get(timeout=left)
+                _, item = self.events.get(timeout=left)
             except queue.Empty:
                 continue
             if item is None:
@@ -352,29 +360,63 @@ def idle_watch(pb2, pb2_grpc, channel, idle_seconds):
             if item.WhichOneof("payload") == "sandbox" and item.sandbox.sandbox.id == sandbox_id:
                 return
 
-    def open_watch():
-        nonlocal stream
-        stub.CreateSandbox(
-            pb2.CreateSandboxRequest(sandbox=session.sandbox("before-idle")), timeout=TIMEOUT
-        )
-        stream = stub.WatchSandboxes(pb2.WatchSandboxesRequest())  # no deadline, as the gateway
-        threading.Thread(target=read, args=(stream,), daemon=True).start()
-        wait_for("before-idle", WATCH_TIMEOUT)
-        # The driver's own first events (the grpcio driver sends three live
-        # ones right after its snapshot) settle before the idle period.
+    def settle(self):
+        """Lets the driver's own first events (the grpcio driver sends three
+        live ones right after its snapshot) arrive; how many did."""
         time.sleep(2.0)
         burst = 0
-        while not events.empty():
-            _, item = events.get()
+        while not self.events.empty():
+            _, item = self.events.get()
             if item is None or isinstance(item, grpc.RpcError):
                 raise StepFailed(f"the watch ended right after opening: {item}")
             burst += 1
-        return f"snapshot seen, then {burst} more events"
+        return burst
+
+    def end(self, limit):
+        """The RpcError the watch ends with within limit (events skipped)."""
+        deadline = time.monotonic() + limit
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StepFailed(f"the watch did not end within {limit}s")
+            try:
+                _, item = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if item is None:
+                raise StepFailed("the watch ended cleanly, without a status")
+            if isinstance(item, grpc.RpcError):
+                return item
+
+    def cancel(self):
+        self.stream.cancel()
+
+
+def open_watch_on(session, sandbox_id):
+    """Creates sandbox_id, opens a watch, sees it there, lets the first
+    events settle; the watch and a line for the step."""
+    session.stub.CreateSandbox(
+        session.pb2.CreateSandboxRequest(sandbox=session.sandbox(sandbox_id)), timeout=TIMEOUT
+    )
+    watch = Watch(session.stub, session.pb2)
+    watch.wait_for(sandbox_id, WATCH_TIMEOUT)
+    return watch, f"snapshot seen, then {watch.settle()} more events"
+
+
+def idle_watch(pb2, pb2_grpc, channel, idle_seconds):
+    """Holds an idle watch for idle_seconds, then needs a new event on it."""
+    session = Session(pb2, pb2_grpc, channel, None)
+    watch = None
+
+    def open_watch():
+        nonlocal watch
+        watch, line = open_watch_on(session, "before-idle")
+        return line
 
     def hold():
         started = time.monotonic()
         try:
-            at, item = events.get(timeout=idle_seconds)
+            at, item = watch.events.get(timeout=idle_seconds)
         except queue.Empty:
             return f"nothing arrived and nothing ended in {idle_seconds}s"
         after = at - started
@@ -386,10 +428,10 @@ def idle_watch(pb2, pb2_grpc, channel, idle_seconds):
 
     def after_idle():
         started = time.monotonic()
-        stub.CreateSandbox(
+        session.stub.CreateSandbox(
             pb2.CreateSandboxRequest(sandbox=session.sandbox("after-idle")), timeout=TIMEOUT
         )
-        wait_for("after-idle", WATCH_TIMEOUT)
+        watch.wait_for("after-idle", WATCH_TIMEOUT)
         took = (time.monotonic() - started) * 1000
         return f"after-idle created and its event delivered on the same watch in {took:.0f} ms"
 
@@ -402,9 +444,49 @@ def idle_watch(pb2, pb2_grpc, channel, idle_seconds):
             if not session.step(name, action):
                 return False
     finally:
-        if stream is not None:
-            stream.cancel()
+        if watch is not None:
+            watch.cancel()
     print(f"idle watch passed: {idle_seconds}s", flush=True)
+    return True
+
+
+def lost_hop(pb2, pb2_grpc, channel):
+    """Opens a watch; once told the shim's next hop is cut, the watch must
+    end UNAVAILABLE, and then calls and a new watch on the same channel
+    must work again."""
+    session = Session(pb2, pb2_grpc, channel, None)
+    watch = None
+
+    def open_watch():
+        nonlocal watch
+        watch, line = open_watch_on(session, "before-cut")
+        return line
+
+    def cut():
+        print("watch open", flush=True)
+        if not sys.stdin.readline():
+            raise StepFailed("stdin closed before the hop was cut")
+        started = time.monotonic()
+        error = watch.end(WATCH_TIMEOUT)
+        check(error.code() == grpc.StatusCode.UNAVAILABLE, f"expected UNAVAILABLE, got {describe(error)}")
+        took = (time.monotonic() - started) * 1000
+        return f"ended UNAVAILABLE {error.details()!r} {took:.0f} ms after the cut"
+
+    def back():
+        nonlocal watch
+        watch.cancel()
+        got = session.stub.GetCapabilities(pb2.GetCapabilitiesRequest(), timeout=WATCH_TIMEOUT)
+        watch, _ = open_watch_on(session, "after-cut")
+        return f"GetCapabilities answered ({got.driver_name}), a new watch saw after-cut"
+
+    try:
+        for name, action in (("open watch", open_watch), ("hop cut", cut), ("same channel after", back)):
+            if not session.step(name, action):
+                return False
+    finally:
+        if watch is not None:
+            watch.cancel()
+    print("lost hop passed", flush=True)
     return True
 
 
@@ -418,7 +500,7 @@ def main():
         help="the :authority to send (default: grpcio's own, the %%-encoded socket path)",
     )
     parser.add_argument(
-        "--scenario", choices=("session", "outage", "idle-watch"), default="session"
+        "--scenario", choices=("session", "outage", "idle-watch", "lost-hop"), default="session"
     )
     parser.add_argument("--idle-seconds", type=float, default=130.0)
     parser.add_argument("--stubs", help="directory with the generated stubs (default: generate)")
@@ -438,6 +520,8 @@ def main():
             ok = outage(pb2, pb2_grpc, channel, DRIVERS[args.driver])
         elif args.scenario == "idle-watch":
             ok = idle_watch(pb2, pb2_grpc, channel, args.idle_seconds)
+        elif args.scenario == "lost-hop":
+            ok = lost_hop(pb2, pb2_grpc, channel)
         else:
             ok = Session(pb2, pb2_grpc, channel, DRIVERS[args.driver]).run()
     return 0 if ok else 1
